@@ -1,0 +1,27 @@
+"""Reference method (a linear probe on frozen random patch features): tests and engine demos.
+
+Variants: default / "demo" (both tiny, synthetic data, seconds on a CPU).
+"""
+
+from zsad_jax import config_lib
+
+
+def get_config(arg=None):
+    if arg not in (None, "", "demo"):
+        raise ValueError(f"unknown variant {arg!r}; known: demo")
+    c = config_lib.base_config()
+    c.method = "linear_probe"
+    c.backbones.image = config_lib.backbone_config("random-patch", image_size=64, layers=())
+    c.model.patch = 8
+    c.model.width = 32
+    c.data.protocol = "synthetic"
+    c.data.batch_size = 8
+    c.data.eval_batch_size = 16
+    c.data.num_workers = 0
+    c.optim.lr = 1e-2
+    c.optim.schedule = "cosine"
+    c.train.epochs = 3
+    c.train.log_every = 5
+    c.eval.smoothing_sigma = 1.0
+    c.eval.num_heatmaps = 2
+    return c

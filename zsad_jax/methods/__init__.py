@@ -1,0 +1,34 @@
+"""Methods: SGNet, SSVP, VisualAD and a tiny reference method, behind one contract (`base.Method`).
+
+    from zsad_jax import methods
+    method = methods.build(config)          # config.method picks the class
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from zsad_jax.methods.base import ImageView, Method, trainable_mask
+
+# name -> "module:Class"; imported lazily so that `import zsad_jax` stays cheap.
+REGISTRY = {
+    "linear_probe": "zsad_jax.methods.linear_probe:LinearProbe",
+    "sgnet": "zsad_jax.methods.sgnet:SGNet",
+    "ssvp": "zsad_jax.methods.ssvp:SSVP",
+    "visualad": "zsad_jax.methods.visualad:VisualAD",
+}
+
+
+def get_class(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        raise ValueError(f"config.method={name!r} is not a known method; known: {sorted(REGISTRY)}")
+    module_name, class_name = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build(config) -> Method:
+    """The method object for `config` (`config.method` names it)."""
+    return get_class(config.method)(config)
+
+
+__all__ = ["REGISTRY", "ImageView", "Method", "build", "get_class", "trainable_mask"]
