@@ -20,6 +20,8 @@ Batch layout (arrays with leading dimension B, as the data pipeline delivers the
     masks:  (B, M, M) float32 in {0, 1}         M = method.mask_size
     labels: (B,) int32                          0 normal / 1 anomalous
     class_name: (B,) numpy str                  host-only: removed by `prepare_batch`
+    text:   optional pytree of (B, ...) int arrays  made by a method's `prepare_batch` from host
+                                                keys (e.g. SSVP's class-word prompt token ids)
 
 The loop knows nothing method-specific beyond this file.
 """
@@ -41,7 +43,7 @@ Params = Any
 Batch = dict[str, Any]
 
 # Keys of a batch that are arrays the compiled step may see.
-DEVICE_KEYS = ("images", "masks", "labels")
+DEVICE_KEYS = ("images", "masks", "labels", "text")
 
 
 @dataclasses.dataclass(frozen=True)

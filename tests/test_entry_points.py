@@ -1,0 +1,36 @@
+"""Every entry point answers --help with its flags; `import zsad_jax` stays free of torch/TF."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+ENTRY_POINTS = {
+    "zsad_jax.train": ["--config", "--workdir"],
+    "zsad_jax.evaluate": ["--workdir", "--dataset", "--data_dir"],
+    "zsad_jax.predict": ["--workdir", "--images", "--out", "--threshold"],
+    "weights_conversion": ["--src", "--dst", "--arch", "--verify"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+def test_help_lists_flags(module):
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for flag in ENTRY_POINTS[module]:
+        assert flag in r.stdout, f"{module} --help does not mention {flag}"
+
+
+def test_import_does_not_pull_torch_or_tensorflow():
+    code = ("import sys, zsad_jax, zsad_jax.backbones, zsad_jax.methods, zsad_jax.data, "
+            "zsad_jax.metrics, zsad_jax.training, zsad_jax.config_lib\n"
+            "bad = [m for m in ('torch', 'tensorflow', 'tensorflow_datasets') if m in sys.modules]\n"
+            "print(','.join(bad))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "", f"imported optional heavy deps: {r.stdout.strip()}"

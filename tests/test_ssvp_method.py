@@ -1,0 +1,130 @@
+"""SSVP method: real-size shapes (abstractly), configs, ablation switches, prompts from class names."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zsad_jax import config_lib, methods
+from zsad_jax.methods.base import path_str
+
+S = jax.ShapeDtypeStruct
+
+
+def _method(spec, **overrides):
+    return methods.build(config_lib.load_config(f"ssvp.py:{spec}", overrides))
+
+
+def _paths(tree):
+    return [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def test_real_size_shapes():
+    m = _method("visa_to_mvtec", **{"backbones.clip.weights": "", "backbones.dino.weights": ""})
+    assert {k: v.size for k, v in m.views.items()} == {"clip": 518, "dino": 592}
+    assert m.grid == 37 and m.mask_size == 592
+    params = jax.eval_shape(m.init, jax.random.PRNGKey(0))
+    head = params["ssvp"]
+    assert head["hsvs_local_0"]["q_clip"]["kernel"].shape == (768, 768)    # D_c -> d_head
+    assert head["hsvs_local_0"]["q_dino"]["kernel"].shape == (1024, 768)   # D_d -> d_head
+    assert len([k for k in head if k.startswith("hsvs_local_")]) == 4
+    assert head["prompts"]["state"].shape == (2, 3, 4, 768)               # 3 normal + 3 abnormal
+    assert head["injection"]["alpha"].shape == ()
+    assert head["moe"]["global_gate"]["fc2"]["kernel"].shape[-1] == 4      # one weight per layer
+    batch = {"images": {"clip": S((1, 518, 518, 3), jnp.float32), "dino": S((1, 592, 592, 3), jnp.float32)},
+             "masks": S((1, 592, 592), jnp.float32), "labels": S((1,), jnp.int32),
+             "text": {"ids": S((1, 77), jnp.int32), "eot": S((1,), jnp.int32)}}
+    out = jax.eval_shape(m.forward, params, batch, jax.random.PRNGKey(0))
+    assert out["layer_probs"].shape == (1, 4, 37, 37)
+    assert out["p_map"].shape == (1, 37, 37)
+    assert out["s_final"].shape == (1,)
+    assert out["t_final"].shape == out["t_init"].shape == (1, 2, 3, 768)
+    assert out["mu"].shape == (1, 128) and out["reconstruction"].shape == (1, 768)
+    assert out["w_scale"].shape == (1, 4) and out["m_spatial"].shape == (1, 4, 37, 37)
+
+
+@pytest.mark.parametrize("variant, expected", [
+    ("A", {"prompts"}),
+    ("B", {"prompts", "hsvs"}),
+    ("C", {"prompts", "hsvs", "attention"}),
+    ("D", {"prompts", "hsvs", "attention", "vcpg"}),
+    ("E", {"prompts", "hsvs", "attention", "vcpg", "vtam"}),
+])
+def test_ablation_switches_remove_exactly_their_module(variant, expected):
+    m = _method(f"demo,{variant}")
+    paths = _paths(jax.eval_shape(m.init_head, jax.random.PRNGKey(0)))
+    found = {"prompts"} if any(p.startswith("prompts/") for p in paths) else set()
+    if any(p.startswith("hsvs_") for p in paths):
+        found.add("hsvs")
+    if any(re.search(r"hsvs_.*/(q|k)_(clip|dino)/", p) for p in paths):
+        found.add("attention")
+    vcpg = {p.split("/")[0] for p in paths} & {"vae", "text_latent", "injection"}
+    if vcpg:
+        assert vcpg == {"vae", "text_latent", "injection"}
+        found.add("vcpg")
+    if any(p.startswith("moe/") for p in paths):
+        found.add("vtam")
+    assert found == expected
+    assert set(m.views) == ({"clip"} if variant == "A" else {"clip", "dino"})
+
+
+def test_default_is_the_full_model_and_variants_compose():
+    c = config_lib.load_config("ssvp.py")
+    assert (c.model.fusion, c.model.use_vcpg, c.model.use_vtam) == ("atf", True, True)
+    assert c.backbones.dino.layers == (6, 12, 18, 22) and c.backbones.clip.layers == (6, 12, 18, 24)
+    c = config_lib.load_config("ssvp.py:mvtec_to_visa,B,dinov3_vitb")
+    assert c.data.protocol == "mvtec_to_visa" and c.model.fusion == "concat"
+    assert c.backbones.dino.arch == "dinov3-vitb16" and c.backbones.dino.layers == (3, 6, 9, 11)
+    c = config_lib.load_config("ssvp.py:dinov2_vitl")
+    assert c.backbones.dino.image_size == 518   # patch 14: 37x37 like CLIP
+    with pytest.raises(config_lib.ConfigError, match="unknown variant 'F'"):
+        config_lib.load_config("ssvp.py:F")
+
+
+def test_lr_groups_and_trainable_split():
+    m = _method("demo")
+    c = m.config
+    paths = _paths(jax.eval_shape(m.init_head, jax.random.PRNGKey(0)))
+    regex, lr = c.optim.lr_groups[0].split("=")
+    prompt_paths = [p for p in (f"ssvp/{q}" for q in paths) if re.search(regex, p)]
+    assert sorted(prompt_paths) == ["ssvp/prompts/bg", "ssvp/prompts/state"]
+    paper = config_lib.load_config("ssvp.py")
+    assert paper.optim.lr_groups == ("^ssvp/prompts/=5e-4",) and paper.optim.lr == 1e-4
+    tree = {"clip": {"visual": {"proj": 0}}, "dino": {"norm": {"scale": 0}}, "ssvp": {"vae": {"k": 0}}}
+    assert m.trainable_mask(tree) == {"clip": {"visual": {"proj": False}},
+                                      "dino": {"norm": {"scale": False}}, "ssvp": {"vae": {"k": True}}}
+
+
+def test_prepare_batch_builds_class_prompts():
+    m = _method("demo")
+    tok, cfg = m.tokenizer, m.clip_model.cfg
+    host = {"images": {}, "masks": np.zeros((2, 4, 4)), "labels": np.array([0, 1]),
+            "class_name": np.array(["metal_nut", "pcb1"]), "image_path": np.array(["a", "b"])}
+    batch = m.prepare_batch(host)
+    assert set(batch) == {"images", "masks", "labels", "text"}
+    ids, eot = batch["text"]["ids"], batch["text"]["eot"]
+    assert ids.shape == (2, cfg.context_length) and ids.dtype == np.int32
+    n_ctx = m.config.model.bg_length + m.config.model.state_length
+    for row, words in enumerate(["metal nut.", "pcb1."]):
+        assert ids[row, 0] == cfg.sot_token_id and ids[row, eot[row]] == cfg.eot_token_id
+        assert list(ids[row, 1 + n_ctx:eot[row]]) == tok.encode(words)
+        assert not ids[row, eot[row] + 1:].any()
+    agnostic = _method("demo", **{"model.class_words": "object"})
+    ids = agnostic.prepare_batch(host)["text"]["ids"]
+    assert list(ids[0, 1 + n_ctx:1 + n_ctx + len(tok.encode("object."))]) == tok.encode("object.")
+    assert (ids[0] == ids[1]).all()
+    with pytest.raises(ValueError, match="exceeds the text context"):
+        m.prompt_token_ids(["x" * 400])
+    with pytest.raises(ValueError, match="class_name"):
+        m.prepare_batch({k: v for k, v in host.items() if k != "class_name"})
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"dino.image_size=64"):
+        _method("demo", **{"backbones.dino.image_size": 72})
+    with pytest.raises(ValueError, match="config.model.local_score"):
+        _method("demo", **{"model.local_score": "mean"})
+    with pytest.raises(ValueError, match="same number of layers"):
+        _method("demo", **{"backbones.dino.layers": (1,)})

@@ -1,0 +1,267 @@
+"""SGNet's trainable modules (../shared/papers/sgnet.md): GIN stages, decoding, graviton head, prompts.
+
+Shapes: B batch, N gravitons, C_l text/joint embedding size (768 for ViT-L/14), C_v^i visual
+channels of stage i, P = h*w patch tokens, T = 2 prompts (normal, abnormal).
+
+Interpretations of the summary (the sentence, then the reading; `model.*` config keys choose the
+alternatives):
+
+* "Att^L_i = Proj_g(G_i) [Proj_l(L)]^T / sqrt(C_l)" then "G^L_i = Norm(G_{i-1} + Softmax(Att^L_i)
+  Proj_l(L))": the graviton input of stage i is G_{i-1} (the summary's G_i in Att^L is read as the
+  stage's incoming gravitons); the softmax runs over the two prompts; the values reuse Proj_l, as
+  written. Norm = LayerNorm. Single-head attention (the formula has one scale sqrt(C_l)).
+* "gamma(.) is a two-layer MLP with ReLU+Tanh": Dense(C_l / `gate_reduction`) -> ReLU -> Dense(C_l)
+  -> Tanh; the hidden size is not given (`model.gate_reduction`, 4).
+* "Att^V_i = Proj_g(G^cross_i) Flatten(Proj_v(F_{i-1})) / sqrt(C_v^{i-1})" and "Both gravitons G^V_i
+  and visual features F_i are updated simultaneously (visual features are modulated by gravitons
+  after restoring spatial structure via Unflatten)": one attention matrix (N, P) read both ways:
+  G^V = Softmax_P(Att^V) V_v(F) (each graviton gathers visual patterns) and
+  F_i = F_{i-1} + Softmax_N(Att^V)^T V_g(G^cross) (each patch receives graviton messages); then
+  Unflatten to (h, w, C) and a depthwise 3x3 convolution mixes neighbours (`model.spatial_conv`),
+  and a LayerNorm + Dense maps to C_v^i.
+* "G_i = Norm(G^cross_i + Proj(G^V_i))": Proj is Dense(C_v -> C_l), Norm = LayerNorm.
+* "multi-layer features F_0" and "fused visual features F_{i-1} from the previous stage": with
+  `model.visual_input="per_stage"` stage i sees F_{i-1} fused (added) with the i-th tapped CLIP
+  layer (F_0 = the first tapped layer projected to C_v^0), so K stages use K tapped layers;
+  `"fused"`: F_0 = Dense(concat of all tapped layers) and no later injection.
+* "hierarchical decoding produces feature map X": the ViT stages share one grid, so decoding is a
+  top-down sum X_K = D_K(F_K), X_i = D_i(F_i) + X_{i+1}, X = LayerNorm(X_1) (`decoder="sum"`), or
+  one Dense over the concatenated stages (`decoder="concat"`); X has `decoder_dim` channels.
+* "w_n = MLP(g_n) ... M_n = w_n X^T ... M = 1/N sum_n M_n followed by a sigmoid": MLP is
+  Dense(C_l) -> GELU -> Dense(C_x); the mask logits are the mean over gravitons, at the patch grid
+  (upsampled bilinearly to the mask size by the method).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+class TextGravitonAttention(nn.Module):
+    """Gravitons absorb the text poles. G (B, N, C_l), L (B|1, T, C_l) -> G^L (B, N, C_l)."""
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, gravitons, text):
+        c_l = gravitons.shape[-1]
+        query = nn.Dense(c_l, dtype=self.dtype, name="proj_g")(gravitons)
+        text_proj = nn.Dense(c_l, dtype=self.dtype, name="proj_l")(text)
+        text_proj = jnp.broadcast_to(text_proj, (gravitons.shape[0],) + text_proj.shape[1:])
+        att = jnp.einsum("bnc,btc->bnt", query, text_proj) / jnp.sqrt(c_l)       # SGNet Att^L_i
+        att = jax.nn.softmax(att.astype(jnp.float32), axis=-1).astype(self.dtype)
+        update = jnp.einsum("bnt,btc->bnc", att, text_proj)
+        return nn.LayerNorm(dtype=self.dtype, name="norm")(gravitons + update)   # SGNet G^L_i
+
+
+class TextGravitonGate(nn.Module):
+    """SGNet G^cross_i = Linear(gamma(G^L_i) * G^L_i + G_{i-1}), gamma = MLP(ReLU, Tanh)."""
+
+    reduction: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, g_text, g_prev):
+        c_l = g_text.shape[-1]
+        hidden = nn.relu(nn.Dense(max(1, c_l // self.reduction), dtype=self.dtype, name="gamma_1")(g_text))
+        gamma = jnp.tanh(nn.Dense(c_l, dtype=self.dtype, name="gamma_2")(hidden))
+        return nn.Dense(c_l, dtype=self.dtype, name="linear")(gamma * g_text + g_prev)
+
+
+class GravitonVisualAttention(nn.Module):
+    """Bidirectional graviton-visual attention of one GIN stage.
+
+    G^cross (B, N, C_l), F (B, P, C_v) -> G^V (B, N, C_v), F' (B, P, C_v) (not yet unflattened).
+    """
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, g_cross, visual):
+        c_v = visual.shape[-1]
+        query = nn.Dense(c_v, dtype=self.dtype, name="proj_g")(g_cross)
+        keys = nn.Dense(c_v, dtype=self.dtype, name="proj_v")(visual)
+        att = jnp.einsum("bnc,bpc->bnp", query, keys).astype(jnp.float32) / jnp.sqrt(c_v)  # Att^V_i
+        to_gravitons = jax.nn.softmax(att, axis=-1).astype(self.dtype)      # over patches
+        to_patches = jax.nn.softmax(att, axis=1).astype(self.dtype)         # over gravitons
+        visual_values = nn.Dense(c_v, dtype=self.dtype, name="value_v")(visual)
+        graviton_values = nn.Dense(c_v, dtype=self.dtype, name="value_g")(g_cross)
+        g_visual = jnp.einsum("bnp,bpc->bnc", to_gravitons, visual_values)
+        visual = visual + jnp.einsum("bnp,bnc->bpc", to_patches, graviton_values)
+        return g_visual, visual
+
+
+class GINStage(nn.Module):
+    """One stage of the Graviton Interaction Network.
+
+    G_{i-1} (B, N, C_l), L (B|1, T, C_l), F_{i-1} (B, P, C_v^{i-1}) with grid (h, w)
+    -> G_i (B, N, C_l), F_i (B, P, C_v^i), and (if `tokens_in_graviton_space`) the updated visual
+    tokens mapped by the same Proj as G^V (B, P, C_l) (else None): GPR's `visual_tokens="stage"`.
+    """
+
+    out_dim: int
+    grid: tuple[int, int]
+    gate_reduction: int = 4
+    spatial_conv: bool = True
+    tokens_in_graviton_space: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, gravitons, text, visual):
+        g_text = TextGravitonAttention(self.dtype, name="text_attention")(gravitons, text)
+        g_cross = TextGravitonGate(self.gate_reduction, self.dtype, name="gate")(g_text, gravitons)
+        g_visual, visual = GravitonVisualAttention(self.dtype, name="visual_attention")(g_cross, visual)
+        b, p, c_v = visual.shape
+        if self.spatial_conv:
+            spatial = visual.reshape(b, *self.grid, c_v)                     # Unflatten
+            spatial = spatial + nn.Conv(c_v, (3, 3), padding="SAME", feature_group_count=c_v,
+                                        dtype=self.dtype, name="spatial")(spatial)
+            visual = spatial.reshape(b, p, c_v)
+        c_l = gravitons.shape[-1]
+        to_text_space = nn.Dense(c_l, dtype=self.dtype, name="proj_visual")
+        g_next = nn.LayerNorm(dtype=self.dtype, name="norm")(g_cross + to_text_space(g_visual))  # G_i
+        tokens = to_text_space(visual) if self.tokens_in_graviton_space else None
+        visual = nn.Dense(self.out_dim, dtype=self.dtype, name="visual_out")(
+            nn.LayerNorm(dtype=self.dtype, name="visual_norm")(visual))
+        return g_next, visual, tokens
+
+
+class HierarchicalDecoder(nn.Module):
+    """Stage features [(B, P, C_v^i)] -> X (B, P, C_x)."""
+
+    dim: int
+    mode: str = "sum"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, stage_features):
+        if self.mode == "sum":
+            x = None
+            for i in reversed(range(len(stage_features))):                    # top-down
+                level = nn.Dense(self.dim, dtype=self.dtype, name=f"level_{i}")(stage_features[i])
+                x = level if x is None else level + x
+        elif self.mode == "concat":
+            x = nn.Dense(self.dim, dtype=self.dtype, name="fuse")(jnp.concatenate(stage_features, -1))
+        else:
+            raise ValueError(f"model.decoder={self.mode!r}: use 'sum' or 'concat'")
+        return nn.LayerNorm(dtype=self.dtype, name="norm")(x)
+
+
+class GravitonGuidedHead(nn.Module):
+    """SGNet w_n = MLP(g_n), M_n = w_n X^T, M = 1/N sum_n M_n: G (B, N, C_l), X (B, P, C_x) -> (B, P)."""
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, gravitons, x):
+        c_x = x.shape[-1]
+        hidden = nn.gelu(nn.Dense(gravitons.shape[-1], dtype=self.dtype, name="mlp_1")(gravitons))
+        w = nn.Dense(c_x, dtype=self.dtype, name="mlp_2")(hidden)                       # (B, N, C_x)
+        per_graviton = jnp.einsum("bnc,bpc->bnp", w, x)                                 # M_n
+        return per_graviton.mean(axis=1)                                                # mean_n M_n
+
+
+class SGNetHead(nn.Module):
+    """Everything trainable after the frozen CLIP towers (the prompt context excluded).
+
+    taps: tuple of (B, P, D) patch tokens of the tapped CLIP layers; text: L (T, C_l).
+    Returns (patch mask logits (B, P), [G_i (B, N, C_l) for i = 1..K], [stage visual tokens in
+    graviton space (B, P, C_l), or None unless `stage_tokens`]).
+    """
+
+    num_gravitons: int
+    num_stages: int
+    embed_dim: int                      # C_l
+    visual_dims: tuple[int, ...]        # C_v^0 .. C_v^K (K + 1 entries)
+    decoder_dim: int
+    grid: tuple[int, int]
+    gin: bool = True
+    visual_input: str = "per_stage"
+    gate_reduction: int = 4
+    spatial_conv: bool = True
+    decoder: str = "sum"
+    stage_tokens: bool = False          # return the stage tokens in graviton space (GPR "stage")
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        if len(self.visual_dims) != self.num_stages + 1:
+            raise ValueError(f"model.visual_dims needs K + 1 = {self.num_stages + 1} entries "
+                             f"(C_v^0..C_v^K), got {self.visual_dims}")
+        if self.visual_input not in ("per_stage", "fused"):
+            raise ValueError(f"model.visual_input={self.visual_input!r}: use 'per_stage' or 'fused'")
+        # SGNet G_0 in R^{N x C_l}: learnable semantic gravitons.
+        self.gravitons = self.param("gravitons", nn.initializers.normal(1.0),
+                                    (self.num_gravitons, self.embed_dim), jnp.float32)
+        n_inputs = self.num_stages if self.visual_input == "per_stage" else 1
+        self.input_norms = [nn.LayerNorm(dtype=self.dtype, name=f"input_norm_{i}") for i in range(n_inputs)]
+        # Stage i (0-based) consumes C_v^i channels: tapped layer i is projected to that size.
+        self.input_projs = [nn.Dense(self.visual_dims[i], dtype=self.dtype, name=f"input_proj_{i}")
+                            for i in range(n_inputs)]
+        self.stages = [GINStage(self.visual_dims[i + 1], self.grid, self.gate_reduction,
+                                self.spatial_conv, self.stage_tokens, self.dtype, name=f"stage_{i}")
+                       for i in range(self.num_stages)]
+        # Without GIN (the ablation baseline) stage features are the projected inputs, mapped by
+        # a Dense to C_v^{i+1}; with GIN these are unused.
+        self.plain = [nn.Dense(self.visual_dims[i + 1], dtype=self.dtype, name=f"plain_{i}")
+                      for i in range(self.num_stages)] if not self.gin else []
+        self.decode = HierarchicalDecoder(self.decoder_dim, self.decoder, self.dtype, name="decoder")
+        self.predict = GravitonGuidedHead(self.dtype, name="prediction")
+
+    def _stage_input(self, taps, i, previous):
+        if self.visual_input == "fused":
+            if i > 0:
+                return previous
+            return self.input_projs[0](self.input_norms[0](jnp.concatenate(taps, axis=-1)))
+        injected = self.input_projs[i](self.input_norms[i](taps[i]))
+        return injected if previous is None else previous + injected
+
+    def __call__(self, taps, text):
+        if self.visual_input == "per_stage" and len(taps) != self.num_stages:
+            raise ValueError(f"model.visual_input='per_stage' feeds tapped layer i to GIN stage i: "
+                             f"{len(taps)} tapped layers (backbones.clip.layers) for "
+                             f"model.num_stages={self.num_stages}")
+        taps = tuple(t.astype(self.dtype) for t in taps)
+        b = taps[0].shape[0]
+        g = jnp.broadcast_to(self.gravitons.astype(self.dtype), (b, *self.gravitons.shape))
+        text = text.astype(self.dtype)[None] if text.ndim == 2 else text.astype(self.dtype)
+        if self.stage_tokens and not self.gin:
+            raise ValueError("gpr.visual_tokens='stage' needs the GIN (model.gin=True): without it "
+                             "there is no stage projection into graviton space; use 'clip'")
+        stage_gravitons, stage_features, stage_tokens, visual = [], [], [], None
+        for i in range(self.num_stages):
+            visual = self._stage_input(taps, i, visual)
+            if self.gin:
+                g, visual, tokens = self.stages[i](g, text, visual)
+            else:
+                visual, tokens = self.plain[i](visual), None
+            stage_gravitons.append(g)
+            stage_features.append(visual)
+            stage_tokens.append(tokens)
+        x = self.decode(stage_features)
+        logits = self.predict(g, x)
+        return logits, stage_gravitons, stage_tokens
+
+
+class PromptLearner(nn.Module):
+    """AnomalyCLIP-style object-agnostic prompts: learnable context vectors before a fixed suffix.
+
+    `embeddings (T, L, Dt)` of the tokenized suffixes ("object.", "damaged object."), `eot (T,)`
+    -> prompt embeddings (T, L, Dt) with `length` learned vectors after the start token, and the
+    shifted EOT positions (T,).
+    """
+
+    length: int = 12
+
+    @nn.compact
+    def __call__(self, embeddings, eot):
+        t, seq, dt = embeddings.shape
+        ctx = self.param("context", nn.initializers.normal(0.02), (t, self.length, dt), jnp.float32)
+        out = jnp.concatenate([embeddings[:, :1], ctx.astype(embeddings.dtype),
+                               embeddings[:, 1:seq - self.length]], axis=1)
+        return out, eot + self.length

@@ -1,0 +1,224 @@
+r"""Score any images with a trained run: per image an anomaly score and a heatmap overlay.
+
+    python -m zsad_jax.predict --workdir runs/demo --images 'photos/*.jpg' --out predictions
+    python -m zsad_jax.predict --workdir runs/demo --images photos/ --out pred --threshold 0.5
+
+Writes into --out: <name>_heatmap.png (the anomaly map over the image, at the image's size, on
+the fixed colour scale --vmin..--vmax), with --threshold also <name>_mask.png (white = map >= T),
+and scores.csv (one row per image). Images of any size and format PIL reads; unreadable ones are
+named on stderr, skipped, and counted at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+import pathlib
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from zsad_jax import config_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file FILE[:variant] instead of --workdir (with --checkpoint RUN for "
+    "trained parameters).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Training run directory (its config.json + checkpoints).")
+flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of the run: 'best' or "
+                  "'latest'.")
+flags.DEFINE_string("checkpoint", None, "With --config: the run whose parameters are used.")
+flags.DEFINE_list("images", None, "Image file(s), folder(s) (their image files, not recursive) "
+                  "or glob pattern(s) ('**' recurses); comma-separated.")
+flags.DEFINE_string("out", None, "Output folder (created).")
+flags.DEFINE_float("threshold", None, "Also write a binary mask PNG per image: pixels whose "
+                   "anomaly map value is >= this threshold are white.")
+flags.DEFINE_float("vmin", 0.0, "Anomaly-map value drawn dark blue in the heatmaps.")
+flags.DEFINE_float("vmax", 1.0, "Anomaly-map value drawn dark red in the heatmaps.")
+flags.DEFINE_float("smoothing_sigma", None, "Override config.eval.smoothing_sigma (0 = off).")
+flags.DEFINE_integer("batch_size", None, "Images per batch (default config.data.eval_batch_size).")
+
+FLAGS = flags.FLAGS
+CSV_COLUMNS = ("image", "score", "map_max", "heatmap", "mask", "anomalous_fraction")
+
+
+def expand_images(specs) -> list[str]:
+    """Files, folders and glob patterns -> sorted unique paths (folders: their image files)."""
+    from zsad_jax.data.records import IMAGE_EXTENSIONS
+
+    found: list[str] = []
+    for spec in specs:
+        path = pathlib.Path(spec).expanduser()
+        if path.is_dir():
+            found += sorted(str(p) for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.is_file():
+            found.append(str(path))
+        else:
+            matches = sorted(p for p in glob.glob(str(path), recursive=True)
+                             if pathlib.Path(p).is_file())
+            if not matches:
+                raise FileNotFoundError(f"--images {spec!r}: no such file or folder, and no file "
+                                        "matches it as a glob pattern")
+            found += matches
+    return list(dict.fromkeys(found))
+
+
+def output_names(paths: list[str]) -> list[str]:
+    """A unique, file-system-safe name per image (its stem; _2, _3 ... on collisions)."""
+    import re
+
+    names, used = [], {}
+    for path in paths:
+        stem = re.sub(r"[^0-9A-Za-z._-]+", "_", pathlib.Path(path).stem) or "image"
+        count = used.get(stem, 0) + 1
+        used[stem] = count
+        names.append(stem if count == 1 else f"{stem}_{count}")
+    return names
+
+
+class Predictor:
+    """Batches images through the jitted inference and writes PNGs + rows of scores.csv."""
+
+    def __init__(self, method, params, config, out: pathlib.Path, threshold, vmin, vmax,
+                 batch_size: int, smoothing_sigma: float):
+        from zsad_jax.data.pipeline import Preprocess
+        from zsad_jax.evaluation import inference
+
+        self.method, self.out = method, out
+        self.threshold, self.vmin, self.vmax = threshold, vmin, vmax
+        self.mesh = inference.default_mesh()
+        self.batch_size = inference.global_batch_size(batch_size, self.mesh)
+        self.infer = inference.inference_fn(method, float(smoothing_sigma), self.mesh)
+        self.params = inference.replicate(params, self.mesh)
+        self.preprocess = Preprocess(method.views, method.mask_size, host_keys=True)
+        self.rows: list[dict] = []
+        self.failed: list[tuple[str, str]] = []
+
+    def load(self, path: str):
+        """Preprocessed example of one image (identical to the evaluation pipeline), or None."""
+        from zsad_jax.data import Record
+
+        record = Record(image_path=path, mask_path=None, label=0, class_name="", defect="",
+                        dataset="predict")
+        try:
+            return self.preprocess(record)
+        except Exception as e:   # any decoding problem: name the file, go on with the rest
+            reason = str(e.__cause__ or e)
+            self.failed.append((path, reason))
+            sys.stderr.write(f"error: cannot read image {path}: {reason} (skipped)\n")
+            return None
+
+    def run_batch(self, items: list[tuple[str, str, dict]]) -> None:
+        import numpy as np
+
+        from zsad_jax import data
+        from zsad_jax.evaluation import inference
+
+        padding = self.preprocess.padding()
+        examples = [e for _, _, e in items] + [padding] * (self.batch_size - len(items))
+        batch = {"images": {v: np.stack([e["images"][v] for e in examples])
+                            for v in self.method.views},
+                 "masks": np.stack([e["masks"] for e in examples]),
+                 "labels": np.zeros((len(examples),), np.int32)}
+        maps, scores = self.infer(self.params, data.make_global_batch(batch, self.mesh))
+        maps, scores = inference.to_host(maps), inference.to_host(scores)
+        for i, (path, name, example) in enumerate(items):
+            self.write(path, name, example, maps[i], float(scores[i]))
+
+    def write(self, path: str, name: str, example: dict, anomaly_map, score: float) -> None:
+        import numpy as np
+        from PIL import Image
+
+        from zsad_jax import data
+        from zsad_jax.evaluation import heatmaps
+        from zsad_jax.evaluation.postprocess import resize_map
+
+        height, width = (int(v) for v in example["native_size"])
+        native_map = resize_map(anomaly_map, height, width)
+        image = data.load_image(path)
+        heatmap_file = f"{name}_heatmap.png"
+        heatmaps.save_png(self.out / heatmap_file,
+                          heatmaps.overlay(image, native_map, self.vmin, self.vmax))
+        row = {"image": path, "score": repr(score), "map_max": repr(float(native_map.max())),
+               "heatmap": heatmap_file, "mask": "", "anomalous_fraction": ""}
+        if self.threshold is not None:
+            binary = native_map >= self.threshold
+            row["mask"] = f"{name}_mask.png"
+            Image.fromarray(binary.astype(np.uint8) * 255).save(self.out / row["mask"])
+            row["anomalous_fraction"] = repr(float(binary.mean()))
+        self.rows.append(row)
+
+    def write_csv(self) -> pathlib.Path:
+        path = self.out / "scores.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return path
+
+
+def predict(method, params, config, paths: list[str], out, threshold=None, vmin=0.0, vmax=1.0,
+            batch_size: int | None = None, smoothing_sigma: float | None = None,
+            progress: bool = True) -> Predictor:
+    """Scores `paths`, writing into `out`; returns the Predictor (rows, failed)."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if vmax <= vmin:
+        raise ValueError(f"--vmax ({vmax}) must be above --vmin ({vmin})")
+    predictor = Predictor(
+        method, params, config, out, threshold, vmin, vmax,
+        batch_size or config.data.eval_batch_size,
+        config.eval.smoothing_sigma if smoothing_sigma is None else smoothing_sigma)
+    names = output_names(paths)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
+    pending = []
+    for path, name in zip(paths, names, strict=True):
+        example = predictor.load(path)
+        if example is not None:
+            pending.append((path, name, example))
+        if len(pending) == predictor.batch_size:
+            predictor.run_batch(pending)
+            pending = []
+        if bar is not None:
+            bar.update(1)
+    if pending:
+        predictor.run_batch(pending)
+    if bar is not None:
+        bar.close()
+    predictor.write_csv()
+    return predictor
+
+
+def main(argv) -> None:
+    del argv
+    from zsad_jax.evaluation.loading import load_model
+
+    logging.getLogger().setLevel(logging.INFO)
+    if not FLAGS.images or not FLAGS.out:
+        raise SystemExit("error: --images and --out are required (see --help)")
+    config, method, params, _ = load_model(FLAGS.workdir, _CONFIG.value, FLAGS.checkpoint,
+                                           FLAGS.which)
+    paths = expand_images(FLAGS.images)
+    predictor = predict(method, params, config, paths, FLAGS.out, FLAGS.threshold, FLAGS.vmin,
+                        FLAGS.vmax, FLAGS.batch_size, FLAGS.smoothing_sigma)
+    sys.stdout.write(f"{len(predictor.rows)} image(s) scored, {len(predictor.failed)} unreadable "
+                     f"skipped; scores in {pathlib.Path(FLAGS.out) / 'scores.csv'}\n")
+    if predictor.failed:
+        sys.stdout.write("unreadable: " + ", ".join(p for p, _ in predictor.failed) + "\n")
+    if not predictor.rows:
+        raise SystemExit(1)
+
+
+def run() -> None:
+    """Console entry point (`zsad-predict`)."""
+    config_lib.main_with_config(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,226 @@
+"""Frozen-feature cache: backbone features computed once, later epochs train from disk.
+
+For methods whose trainable part sits entirely after the frozen backbones
+(`method.supports_feature_cache`: SGNet, SSVP, the reference probe), `config.train.feature_cache`
+runs `method.frozen_features` once over the training records and stores the result in bf16, with
+the training masks and labels, under `<cache_dir>/<key digest>/`:
+
+    meta.json        the full key, record count, per-leaf shape/dtype
+    leaf_<i>.npy     (N, ...) features, bf16 stored as its uint16 bit pattern
+    masks.npy        (N, M, M) uint8     labels.npy (N,) int32
+
+The key is everything the features depend on: `method.feature_cache_key()` (backbone arch,
+weights, resolution, layers), a fingerprint of each converted weights folder, the sha256 of the
+frozen parameters actually loaded (so a random-init demo backbone with another seed is another
+cache), the views, mask size, compute dtype and the exact record list. A stale cache is never
+reused: a different key is a different directory. Writes are atomic (temporary dir, rename).
+
+`CachedLoader` then iterates the cache like `data.TrainLoader` iterates images: a deterministic
+shuffle per (seed, epoch), drop remainder, this process's rows of each global batch, and a
+`get_state()/set_state()` position for exact resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+def weights_fingerprint(folder: str) -> str:
+    """Cheap fingerprint of a converted weights folder: names, sizes, first/last MiB of each file."""
+    if not folder:
+        return "random-init"
+    root = pathlib.Path(folder)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root) if path != root else path.name}:{size};".encode())
+        with path.open("rb") as f:
+            digest.update(f.read(_CHUNK))
+            if size > _CHUNK:
+                f.seek(max(size - _CHUNK, _CHUNK))
+                digest.update(f.read(_CHUNK))
+    return digest.hexdigest()
+
+
+def records_fingerprint(records: Sequence[Any]) -> str:
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(f"{r.image_path}|{r.mask_path}|{r.label};".encode())
+    return digest.hexdigest()
+
+
+def cache_key(method, config, frozen_fingerprint: str, records: Sequence[Any]) -> dict:
+    """Everything the cached features and targets depend on (see module docstring)."""
+    return {
+        "method": method.name,
+        "features": method.feature_cache_key(),
+        "weights": {name: weights_fingerprint(bb.weights)
+                    for name, bb in config.backbones.items()},
+        "frozen_params_sha256": frozen_fingerprint,
+        "views": {name: [v.size, list(v.mean), list(v.std)] for name, v in method.views.items()},
+        "mask_size": method.mask_size,
+        "compute_dtype": config.train.compute_dtype,
+        "records_sha256": records_fingerprint(records),
+        "num_records": len(records),
+    }
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class FeatureCache:
+    """An opened cache directory (read side)."""
+
+    def __init__(self, directory: pathlib.Path, treedef):
+        self.directory = directory
+        self.meta = json.loads((directory / "meta.json").read_text())
+        self.treedef = treedef
+        self.leaves = [np.load(directory / f"leaf_{i}.npy", mmap_mode="r")
+                       for i in range(len(self.meta["leaves"]))]
+        self.masks = np.load(directory / "masks.npy", mmap_mode="r")
+        self.labels = np.load(directory / "labels.npy", mmap_mode="r")
+        self.dtypes = tuple(np.dtype(leaf["dtype"]) for leaf in self.meta["leaves"])
+
+    def __len__(self) -> int:
+        return int(self.meta["num_records"])
+
+    def rows(self, index: np.ndarray) -> dict:
+        """Host batch of the given record rows: features (bf16), masks (f32), labels (int32)."""
+        feats = [np.asarray(leaf[index]).view(ml_dtypes.bfloat16)
+                 if meta["stored"] == "bfloat16" else np.asarray(leaf[index])
+                 for leaf, meta in zip(self.leaves, self.meta["leaves"], strict=True)]
+        return {"features": jax.tree_util.tree_unflatten(self.treedef, feats),
+                "masks": np.asarray(self.masks[index], np.float32),
+                "labels": np.asarray(self.labels[index], np.int32)}
+
+
+def build_or_open(cache_root: pathlib.Path, key: dict, records: Sequence[Any],
+                  batches: Callable[[], Any], extract: Callable[[dict], Any],
+                  gather: Callable[[Any], Any], feature_shapes) -> FeatureCache:
+    """Opens the cache for `key`, computing it first if absent.
+
+    batches(): iterator of padded host eval batches (`data.eval_batches` layout: images, masks,
+    labels, valid, image_path) of this process; extract(host_batch) -> global features;
+    gather(tree) -> numpy arrays of all processes' rows (identity on one process);
+    feature_shapes: `jax.eval_shape` of the features of one example batch (for the tree layout).
+    """
+    leaves_abstract, treedef = jax.tree_util.tree_flatten(feature_shapes)
+    directory = pathlib.Path(cache_root) / key_digest(key)
+    if (directory / "meta.json").exists():
+        saved = json.loads((directory / "meta.json").read_text())
+        if saved["key"] != key:     # a digest collision: never reuse
+            raise RuntimeError(f"feature cache {directory} has another key; delete it")
+        log.info("Feature cache hit: %s", directory)
+        return FeatureCache(directory, treedef)
+
+    log.info("Building the feature cache in %s (%d records)", directory, len(records))
+    index_of = {r.image_path: i for i, r in enumerate(records)}
+    num = len(records)
+    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}-{jax.process_index()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    leaf_meta, leaf_files = [], []
+    for i, abstract in enumerate(leaves_abstract):
+        floating = np.issubdtype(abstract.dtype, np.floating)
+        stored = "bfloat16" if floating else str(abstract.dtype)
+        leaf_meta.append({"shape": list(abstract.shape[1:]), "dtype": str(abstract.dtype),
+                          "stored": stored})
+        leaf_files.append(np.lib.format.open_memmap(
+            tmp / f"leaf_{i}.npy", mode="w+", dtype=np.uint16 if floating else abstract.dtype,
+            shape=(num, *abstract.shape[1:])))
+    masks = None
+    labels = np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.int32, shape=(num,))
+    seen = np.zeros(num, bool)
+    for host_batch in batches():
+        rows = np.asarray([index_of.get(p, -1) if v else -1
+                           for p, v in zip(host_batch["image_path"], host_batch["valid"],
+                                           strict=True)], np.int64)
+        features = extract(host_batch)
+        all_rows, all_masks, all_labels, all_feats = gather(
+            (rows, np.asarray(host_batch["masks"]), np.asarray(host_batch["labels"]), features))
+        all_rows = np.asarray(all_rows).reshape(-1)
+        keep = all_rows >= 0
+        target = all_rows[keep]
+        if masks is None:
+            masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
+                                              shape=(num, *np.asarray(all_masks).shape[1:]))
+        masks[target] = (np.asarray(all_masks)[keep] > 0.5).astype(np.uint8)
+        labels[target] = np.asarray(all_labels)[keep]
+        for out, value, meta in zip(leaf_files, jax.tree_util.tree_leaves(all_feats), leaf_meta,
+                                    strict=True):
+            value = np.asarray(value)[keep]
+            if meta["stored"] == "bfloat16":
+                value = value.astype(ml_dtypes.bfloat16).view(np.uint16)
+            out[target] = value
+        seen[target] = True
+    if not seen.all():
+        missing = [records[i].image_path for i in np.flatnonzero(~seen)[:5]]
+        raise RuntimeError(f"feature cache: {int((~seen).sum())} training records were not "
+                           f"delivered by the data pipeline, e.g. {missing}")
+    for array in [*leaf_files, masks, labels]:
+        array.flush()
+    del leaf_files, masks, labels
+    (tmp / "meta.json").write_text(json.dumps(
+        {"key": key, "num_records": num, "leaves": leaf_meta}, indent=2))
+    try:
+        tmp.rename(directory)
+    except OSError:                 # another process finished the same cache first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return FeatureCache(directory, treedef)
+
+
+class CachedLoader:
+    """Infinite iterator of this process's host batches from a `FeatureCache`.
+
+    Same contract as `data.TrainLoader`: shuffle from (seed, epoch), drop remainder,
+    `steps_per_epoch`, `get_state()` / `set_state()`.
+    """
+
+    def __init__(self, cache: FeatureCache, global_batch_size: int, seed: int,
+                 process_index: int = 0, process_count: int = 1):
+        if global_batch_size % process_count:
+            raise ValueError(f"batch size {global_batch_size} not divisible by {process_count} "
+                             f"processes")
+        self.cache = cache
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // process_count
+        self.seed = seed
+        self.process_index = process_index
+        self.steps_per_epoch = len(cache) // global_batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(cache)} cached records are fewer than one batch of "
+                             f"{global_batch_size}")
+        self.position = 0
+
+    def get_state(self) -> dict:
+        return {"position": self.position}
+
+    def set_state(self, state: dict) -> None:
+        self.position = int(state["position"])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        epoch, step = divmod(self.position, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.cache))
+        rows = order[step * self.global_batch_size:(step + 1) * self.global_batch_size]
+        start = self.process_index * self.local_batch_size
+        self.position += 1
+        return self.cache.rows(rows[start:start + self.local_batch_size])

@@ -1,0 +1,116 @@
+"""Optimizer of the trainable parameters: AdamW, learning-rate schedules, per-group rates.
+
+The optimizer only ever sees the trainable parameters (a flat `{path: array}` dict, see
+`training.state`), so frozen backbone weights have no optimizer state at all.
+
+Schedules (`config.optim.schedule`), all with an optional linear warmup from 0 over `warmup_steps`:
+
+* ``"cosine"``: cosine decay from `lr` to `end_lr_factor * lr` (SSVP, VisualAD: "cosine to 0.1*lr");
+* ``"polynomial"``: `(lr - end) * (1 - t/T)^power + end` (SGNet: polynomial decay, power 1);
+* ``"constant"``: `lr`.
+
+`T` counts optimizer updates (train steps / accum_steps) after warmup.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import ml_collections
+import optax
+
+SCHEDULES = ("cosine", "polynomial", "constant")
+
+
+def parse_lr_groups(groups: Sequence[str]) -> list[tuple[re.Pattern, float]]:
+    """`("prompt=5e-4", "vae|proj=1e-4")` -> [(regex, lr), ...]; the last '=' splits."""
+    parsed = []
+    for item in groups:
+        pattern, sep, value = str(item).rpartition("=")
+        if not sep or not pattern:
+            raise ValueError(f"config.optim.lr_groups entry {item!r} must look like 'REGEX=LR'")
+        try:
+            lr = float(value)
+        except ValueError:
+            raise ValueError(f"config.optim.lr_groups entry {item!r}: {value!r} is not a "
+                             f"learning rate") from None
+        try:
+            parsed.append((re.compile(pattern), lr))
+        except re.error as e:
+            raise ValueError(f"config.optim.lr_groups entry {item!r}: bad regex: {e}") from None
+    return parsed
+
+
+def group_labels(paths: Sequence[str], groups: Sequence[str], default_lr: float
+                 ) -> tuple[dict[str, str], dict[str, float]]:
+    """Assigns each '/'-joined path to a group: ({path: label}, {label: lr}); first match wins."""
+    parsed = parse_lr_groups(groups)
+    labels, rates = {}, {}
+    for path in paths:
+        for index, (regex, lr) in enumerate(parsed):
+            if regex.search(path):
+                label = f"group{index}"
+                rates[label] = lr
+                break
+        else:
+            label = "default"
+            rates[label] = default_lr
+        labels[path] = label
+    return labels, rates
+
+
+def make_schedule(optim: ml_collections.ConfigDict, peak_lr: float, total_updates: int
+                  ) -> optax.Schedule:
+    """The learning rate of one group as a function of the optimizer update count."""
+    if optim.schedule not in SCHEDULES:
+        raise ValueError(f"config.optim.schedule={optim.schedule!r}; known: {', '.join(SCHEDULES)}")
+    warmup = int(optim.warmup_steps)
+    if warmup < 0:
+        raise ValueError(f"config.optim.warmup_steps={warmup} must be >= 0")
+    decay_steps = max(int(total_updates) - warmup, 1)
+    end_lr = peak_lr * float(optim.end_lr_factor)
+    if optim.schedule == "cosine":
+        # SSVP / VisualAD: cosine decay with a floor at end_lr_factor * lr.
+        main = optax.cosine_decay_schedule(peak_lr, decay_steps, alpha=float(optim.end_lr_factor))
+    elif optim.schedule == "polynomial":
+        # SGNet: polynomial decay (power 1 = linear) to end_lr.
+        main = optax.polynomial_schedule(peak_lr, end_lr, float(optim.power), decay_steps)
+    else:
+        main = optax.constant_schedule(peak_lr)
+    if warmup == 0:
+        return main
+    ramp = optax.linear_schedule(0.0, peak_lr, warmup)
+    return optax.join_schedules([ramp, main], [warmup])
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, trainable_paths: Sequence[str],
+                   total_steps: int) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
+    """The optax transformation for the flat `{path: array}` trainable dict, and the schedules.
+
+    Chain: global-norm clipping (if `grad_clip_norm > 0`) -> per-group AdamW with decoupled weight
+    decay (decay scaled by the group's scheduled lr, as in PyTorch's AdamW) -> accumulation over
+    `accum_steps` micro-batches (optax.MultiSteps: the update uses the mean gradient).
+    """
+    accum = int(optim.accum_steps)
+    if accum < 1:
+        raise ValueError(f"config.optim.accum_steps={accum} must be >= 1")
+    total_updates = max(int(total_steps) // accum, 1)
+    labels, rates = group_labels(trainable_paths, optim.lr_groups, float(optim.lr))
+    schedules = {label: make_schedule(optim, lr, total_updates) for label, lr in rates.items()}
+    transforms = {label: optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                                     weight_decay=optim.weight_decay)
+                  for label, schedule in schedules.items()}
+    tx = optax.multi_transform(transforms, lambda params: {p: labels[p] for p in params})
+    if optim.grad_clip_norm and optim.grad_clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(float(optim.grad_clip_norm)), tx)
+    if accum > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accum)
+    return tx, schedules
+
+
+def current_lrs(schedules: Mapping[str, optax.Schedule], step: int, accum_steps: int
+                ) -> dict[str, float]:
+    """Learning rate of each group at train step `step` (for logging)."""
+    update = step // max(int(accum_steps), 1)
+    return {label: float(schedule(update)) for label, schedule in schedules.items()}
