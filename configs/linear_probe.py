@@ -14,6 +14,8 @@ def get_config(arg=None):
     c.backbones.image = config_lib.backbone_config("random-patch", image_size=64, layers=())
     c.model.patch = 8
     c.model.width = 32
+    c.model.context_deviation = False   # True: score |feature - image mean| (transfers to new classes)
+    c.loss.balanced_pixel_bce = False   # True: anomalous / normal pixels weigh half each
     c.data.protocol = "synthetic"
     c.data.batch_size = 8
     c.data.eval_batch_size = 16

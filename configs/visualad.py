@@ -17,6 +17,9 @@ anchors, residual scale 0.01. Where the paper summary and the release differ, se
 
 from zsad_jax import config_lib
 
+# Parameters trained at 0.1 x lr in the release: SCA, SAF and the final LayerNorm (CLIP / DINOv2).
+SLOW_GROUP = "^head/(sca|saf)_|^backbone/(visual/ln_post|norm)/"
+
 VARIANTS = ("visa_to_mvtec", "mvtec_to_visa", "dinov2", "dinov2_mvtec_to_visa", "paper_epochs",
             "no_sca", "no_saf", "no_sca_saf", "demo")
 
@@ -34,13 +37,13 @@ def get_config(arg=None):
         layers=(6, 12, 18, 24), pos_interpolation="bilinear")
     c.data.protocol = "visa_to_mvtec"
     c.data.batch_size = 8
-    # Release: AdamW(betas 0.9/0.999, wd 0.01), tokens at lr, SCA + SAF at 0.1 * lr,
-    # CosineAnnealingLR(eta_min = 0.1 * lr).
+    # Release: AdamW(betas 0.9/0.999, wd 0.01), tokens at lr, SCA + SAF (+ the final LayerNorm when
+    # model.train_final_norm) at 0.1 * lr, CosineAnnealingLR(eta_min = 0.1 * lr).
     c.optim.lr = 1e-3
     c.optim.weight_decay = 0.01
     c.optim.schedule = "cosine"
     c.optim.end_lr_factor = 0.1
-    c.optim.lr_groups = ("^head/(sca|saf)_=1e-4",)
+    c.optim.lr_groups = (SLOW_GROUP + "=1e-4",)
     c.train.epochs = 1
     c.train.remat = True              # gradients reach the tokens through the whole frozen tower
 
@@ -95,7 +98,7 @@ def get_config(arg=None):
         c.data.num_workers = 0
         c.data.eval_batch_size = 16
         c.optim.lr = 1e-2
-        c.optim.lr_groups = ("^head/(sca|saf)_=1e-3",)
+        c.optim.lr_groups = (SLOW_GROUP + "=1e-3",)
         c.train.epochs = 3
         c.train.remat = False
         c.model.dropout = 0.0

@@ -178,11 +178,11 @@ def paper_table_markdown(table_id: str, runs: Sequence[RunMetrics],
     for column in table["columns"]:
         header += [f"{column['label']} ours", "paper", "diff"]
     lines = [f"### {table['title']}", "",
-             f"Paper: {table.get('paper', '?')}. Source: {table['source']} (table `{table_id}`).",
-             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"Paper: {table.get('paper', '?')}. Source: {table['source']} (table `{table_id}`).", ""]
     if dataset_map:
         stand_ins = ", ".join(f"{ours} for {paper}" for paper, ours in sorted(dataset_map.items()))
         lines += [f"**Demo: our columns are {stand_ins}; do not compare them with the paper.**", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, used, cells in table_cells(table, runs, dataset_map):
         row = [label, ", ".join(used) or "-"]
         for ours, paper, std in cells:
@@ -191,7 +191,7 @@ def paper_table_markdown(table_id: str, runs: Sequence[RunMetrics],
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"Our evaluation: {_settings(runs)}."]
     for note in table.get("notes", []):
-        lines.append(f"Note: {note}")
+        lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,7 @@ def add_run_flags(parser: argparse.ArgumentParser, default_root: str) -> None:
                         help="config override appended to every run, e.g. train.epochs=1 "
                              "(repeatable)")
     parser.add_argument("--train_flag", action="append", default=[], metavar="FLAG",
-                        help="extra flag for the train CLI, e.g. --train_flag=--num_processes=2 "
+                        help="extra flag for the train CLI, e.g. --train_flag=--progress=false "
                              "(repeatable)")
     parser.add_argument("--evaluate", action="append", default=[], metavar="DATASET",
                         help="after training, also evaluate on DATASET with the evaluation CLI "

@@ -27,7 +27,7 @@ CONFIG = "sgnet.py"
 ROWS = {"baseline": "baseline", "gin": "gin", "gin_att": "gin_att", "gin_equ": "gin_equ",
         "full": "full"}
 PROTOCOLS = ("visa_to_mvtec", "mvtec_to_visa")    # variants of configs/sgnet.py
-LAMBDA_KEYS = ("loss.lambda_grav", "loss.lambda_att")
+LAMBDA_KEYS = ("gpr.lambda_grav", "gpr.lambda_att")   # keys of configs/sgnet.py
 LAMBDAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 DEMO_LAMBDAS = (0.3, 0.8)
 

@@ -2,7 +2,7 @@
 
 A grid is data, nothing runs here:
 
-    Grid("sgnet_gpr", runs=(Run("baseline", "sgnet.py", ("loss.gin=False", ...)), ...),
+    Grid("sgnet_gpr", runs=(Run("baseline", "sgnet.py", ("model.gin=False", ...)), ...),
          tables=("sgnet.ablation",))
 
 `Run.row` is the row of a paper table the run reports into (several runs may share a row, e.g. one
@@ -112,7 +112,7 @@ def format_value(value: Any) -> str:
 
 
 def overrides_of(settings: Mapping[str, Any]) -> tuple[str, ...]:
-    """`{"loss.gin": False}` -> `("loss.gin=False",)`."""
+    """`{"model.gin": False}` -> `("model.gin=False",)`."""
     return tuple(f"{key}={format_value(value)}" for key, value in settings.items())
 
 
@@ -138,7 +138,7 @@ def sweep_runs(config: str, axes: Mapping[str, Iterable[Any]], prefix: str = "",
                base: Mapping[str, Any] | None = None) -> tuple[Run, ...]:
     """The cartesian product of `axes` ({key: values}), one run per point.
 
-    Run names join "<last key part>=<value>" with ","; e.g. axes {"loss.lambda_att": [0.3, 0.5]}
+    Run names join "<last key part>=<value>" with ","; e.g. axes {"gpr.lambda_att": [0.3, 0.5]}
     gives runs "lambda_att=0.3", "lambda_att=0.5" (prefixed by `prefix` if given).
     """
     keys = list(axes)

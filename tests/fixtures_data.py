@@ -87,13 +87,13 @@ def make_visa(root: pathlib.Path, classes=("candle", "pcb1")) -> Expected:
             rows.append([name, "test", "anomaly", rel, mrel])
             expected[rel] = (1, name, "anomaly", mrel)
     write_csv(root / "split_csv" / "1cls.csv", ["object", "split", "label", "image", "mask"],
-              rows)
+              rows, encoding="utf-8-sig")  # with a byte-order mark, as some copies have
     return expected
 
 
-def write_csv(path: pathlib.Path, header, rows) -> None:
+def write_csv(path: pathlib.Path, header, rows, encoding="utf-8") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding=encoding) as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)

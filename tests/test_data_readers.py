@@ -256,3 +256,15 @@ def test_load_mask_conventions(tmp_path):
     rgb[1, 1, 2] = 255
     fx.save(tmp_path / "rgb.png", rgb)
     assert data.load_mask(tmp_path / "rgb.png").sum() == 1
+
+
+def test_command_line_check(tmp_path, capsys):
+    from zsad_jax.data.__main__ import main
+
+    fx.make_btad(tmp_path)
+    assert main(["check", "btad", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 01 | 1 | 2 | 2 |" in out and "| **all** | 3 | 6 | 6 |" in out
+    (tmp_path / "02/ground_truth/ko/0001.png").unlink()
+    assert main(["check", "btad", str(tmp_path)]) == 1
+    assert "02/test/ko/0001.png" in capsys.readouterr().err

@@ -19,7 +19,9 @@ def test_tfds_round_trip(tmp_path):
 
     root = tmp_path / "raw"
     fx.make_btad(root)
-    zsad_tfds.prepare("btad", manual_dir=root, data_dir=tmp_path / "tfds")
+    from zsad_jax.data.tfds.__main__ import main
+
+    assert main(["btad", "--manual_dir", str(root), "--data_dir", str(tmp_path / "tfds")]) == 0
     assert list((tmp_path / "tfds").rglob("*.array_record*"))
     for split in ("train", "test"):
         folder = data.load_index("btad", root, split=split)

@@ -31,11 +31,20 @@ def tiny_grid_root(tmp_path_factory):
     """A two-row grid on the reference method, run through the real train CLI, laid out as the
     SGNet ablation table (synthetic data standing in for MVTec-AD and VisA)."""
     root = tmp_path_factory.mktemp("experiments")
-    grid = Grid("tiny", (Run("gin", "linear_probe.py:demo", (STEPS,), row="gin"),
-                         Run("full", "linear_probe.py:demo", (STEPS, "optim.lr=0.05"), row="full")),
-                tables=("sgnet.ablation",), dataset_map={"mvtec": "synthetic", "visa": "synthetic"})
-    assert cli.run_grid(grid, _args("--root", str(root)))
+    grid = Grid("tiny", _tiny_runs(), tables=("sgnet.ablation",),
+                dataset_map={"mvtec": "synthetic", "visa": "synthetic"})
+    # The synthetic data set is generated once (by the first run) and shared by all runs.
+    assert cli.run_grid(grid, _args("--root", str(root), "--set", _shared_data(root)))
     return root / "tiny"
+
+
+def _tiny_runs():
+    return (Run("gin", "linear_probe.py:demo", (STEPS,), row="gin"),
+            Run("full", "linear_probe.py:demo", (STEPS, "optim.lr=0.05"), row="full"))
+
+
+def _shared_data(root) -> str:
+    return f"data.roots.synthetic={root / 'synthetic'}"
 
 
 def _mean(run_dir, metric):
@@ -44,6 +53,7 @@ def _mean(run_dir, metric):
 
 def test_tiny_grid_produces_the_runs_and_the_table(tiny_grid_root):
     assert sorted(p.name for p in tiny_grid_root.iterdir() if p.is_dir()) == ["full", "gin"]
+    assert (tiny_grid_root.parent / "synthetic").is_dir()
     for name in ("gin", "full"):
         assert runner.is_finished(tiny_grid_root / name, ["synthetic"])
         assert runner.read_run_info(tiny_grid_root / name)["grid"] == "tiny"
@@ -58,8 +68,7 @@ def test_tiny_grid_produces_the_runs_and_the_table(tiny_grid_root):
 
 def test_finished_runs_are_not_started_again(tiny_grid_root, capsys):
     logs = {n: (tiny_grid_root / n / "train.log").read_text() for n in ("gin", "full")}
-    grid = Grid("tiny", (Run("gin", "linear_probe.py:demo", (STEPS,), row="gin"),
-                         Run("full", "linear_probe.py:demo", (STEPS, "optim.lr=0.05"), row="full")))
+    grid = Grid("tiny", _tiny_runs()).with_overrides(_shared_data(tiny_grid_root.parent))
     results = runner.run_sequential(grid, tiny_grid_root)
     assert [r.status for r in results] == ["skipped", "skipped"]
     assert {n: (tiny_grid_root / n / "train.log").read_text() for n in logs} == logs
@@ -72,7 +81,8 @@ def test_two_processes_through_the_launcher_match_one(tiny_grid_root, tmp_path):
     code = launch.main(["local", "--num_processes", "2", "--devices_per_process", "1",
                         "--port", str(_free_port()), "--log_dir", str(tmp_path / "logs"), "--",
                         sys.executable, "-m", "zsad_jax.train", "--config", "linear_probe.py:demo",
-                        "--workdir", str(workdir), "--progress=false", f"--config.{STEPS}"])
+                        "--workdir", str(workdir), "--progress=false", f"--config.{STEPS}",
+                        f"--config.{_shared_data(tiny_grid_root.parent)}"])
     log = (tmp_path / "logs" / "process_1.log").read_text()
     assert code == 0, log[-3000:]
     assert "--process_id" not in log and "done: 2/2 steps" in log

@@ -16,6 +16,8 @@ import pytest
 from experiments import runner
 from experiments.grid import Grid, Run
 
+DEMO = "linear_probe.py:demo"     # protocol "synthetic": the run must evaluate "synthetic"
+
 FAKE_TRAIN = """#!{python}
 import json, pathlib, sys
 argv = sys.argv[1:]
@@ -59,15 +61,15 @@ def test_commands_carry_config_workdir_and_overrides(tmp_path):
 
 def test_sequential_runs_then_resumption_skips_finished_runs(tmp_path, fake_python):
     python, calls = fake_python
-    grid = Grid("g", (Run("a", "linear_probe.py:demo", ("seed=1",), row="A"),
-                      Run("b", "linear_probe.py:demo", ("seed=2",))))
+    grid = Grid("g", (Run("a", DEMO, ("seed=1",), row="A"),
+                      Run("b", DEMO, ("seed=2",))))
     root = tmp_path / "runs"
     results = runner.run_sequential(grid, root, python=str(python))
     assert [(r.name, r.status) for r in results] == [("a", "done"), ("b", "done")]
     assert len(_calls(calls)) == 2
     assert "--config.seed=1" in _calls(calls)[0]
     assert json.loads((root / "a" / "experiment.json").read_text()) == {
-        "name": "a", "config": "linear_probe.py:demo", "overrides": ["seed=1"], "row": "A",
+        "name": "a", "config": DEMO, "overrides": ["seed=1"], "row": "A",
         "grid": "g"}
     assert "trained a" in (root / "a" / "train.log").read_text()
     # Second invocation: both finished, nothing started.
@@ -83,8 +85,8 @@ def test_sequential_runs_then_resumption_skips_finished_runs(tmp_path, fake_pyth
 
 def test_failures_are_reported_and_the_grid_goes_on(tmp_path, fake_python):
     python, calls = fake_python
-    grid = Grid("g", (Run("crash", "linear_probe.py:demo", ("seed=13",)), Run("silent", "linear_probe.py:demo", ("seed=14",)),
-                      Run("fine", "linear_probe.py:demo")))
+    grid = Grid("g", (Run("crash", DEMO, ("seed=13",)), Run("silent", DEMO, ("seed=14",)),
+                      Run("fine", DEMO)))
     results = runner.run_sequential(grid, tmp_path, python=str(python))
     assert [r.status for r in results] == ["failed", "failed", "done"]
     assert "exit code 3" in results[0].message and "train.log" in results[0].message
@@ -96,7 +98,7 @@ def test_failures_are_reported_and_the_grid_goes_on(tmp_path, fake_python):
 
 def test_extra_target_datasets_use_the_evaluation_cli(tmp_path, fake_python):
     python, calls = fake_python
-    grid = Grid("g", (Run("a", "linear_probe.py:demo"),))
+    grid = Grid("g", (Run("a", DEMO),))
     results = runner.run_sequential(grid, tmp_path, python=str(python), evaluate_datasets=["mpdd"])
     assert results[0].status == "done"
     assert set(runner.metrics_files(tmp_path / "a")) == {"synthetic", "mpdd"}
@@ -105,9 +107,19 @@ def test_extra_target_datasets_use_the_evaluation_cli(tmp_path, fake_python):
     assert not runner.is_finished(tmp_path / "a", ["btad"])
 
 
+def test_a_partial_final_evaluation_is_not_finished(tmp_path, capsys):
+    run = Run("a", "sgnet.py")                         # visa_to_mvtec: MVTec-AD is required
+    assert runner.protocol_datasets(run) == ("mvtec",)
+    optional = tmp_path / "a" / "eval" / "btad" / "metrics.json"
+    optional.parent.mkdir(parents=True)
+    optional.write_text("{}")
+    results = runner.run_sequential(Grid("g", (run,)), tmp_path, dry_run=True)
+    assert [r.status for r in results] == ["dry-run"]
+
+
 def test_dry_run_starts_nothing(tmp_path, fake_python, capsys):
     python, calls = fake_python
-    results = runner.run_sequential(Grid("g", (Run("a", "linear_probe.py:demo", ("seed=1",)),)), tmp_path,
+    results = runner.run_sequential(Grid("g", (Run("a", DEMO, ("seed=1",)),)), tmp_path,
                                     python=str(python), dry_run=True)
     assert [r.status for r in results] == ["dry-run"]
     assert not _calls(calls) and not (tmp_path / "a").exists()
@@ -116,7 +128,7 @@ def test_dry_run_starts_nothing(tmp_path, fake_python, capsys):
 
 def test_job_scripts_run_once_and_skip_when_finished(tmp_path, fake_python):
     python, calls = fake_python
-    grid = Grid("g", (Run("a", "linear_probe.py:demo", ("seed=1",)), Run("b", "linear_probe.py:demo")))
+    grid = Grid("g", (Run("a", DEMO, ("seed=1",)), Run("b", DEMO)))
     scripts = runner.emit_jobs(grid, tmp_path / "runs", tmp_path / "jobs", python=str(python))
     assert [p.name for p in scripts] == ["a.sh", "b.sh"]
     assert (tmp_path / "jobs" / "jobs.txt").read_text().splitlines() == [

@@ -128,3 +128,56 @@ def test_config_errors_name_the_key():
         _method("demo", **{"model.local_score": "mean"})
     with pytest.raises(ValueError, match="same number of layers"):
         _method("demo", **{"backbones.dino.layers": (1,)})
+
+
+def test_forward_without_vtam_and_gradients_reach_the_prompts():
+    """Model D: P_map = mean of the layer maps, S_final = S_global; alpha = 0 at init gives
+    T_final = LayerNorm(T_init); the loss has gradients in the prompts (through the frozen text tower)."""
+    m = _method("demo,D")
+    params = m.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    host = {"images": {k: rng.normal(size=(2, v.size, v.size, 3)).astype(np.float32)
+                       for k, v in m.views.items()},
+            "masks": (rng.uniform(size=(2, m.mask_size, m.mask_size)) > 0.8).astype(np.float32),
+            "labels": np.array([0, 1], np.int32), "class_name": np.array(["brick", "metal_nut"])}
+    batch = m.prepare_batch(host)
+
+    def run(head):
+        p = {**params, "ssvp": head}
+        return m.forward(p, batch), jax.grad(lambda h: m.loss({**p, "ssvp": h}, batch,
+                                                              jax.random.PRNGKey(1))[0])(head)
+
+    out, grads = jax.jit(run)(params["ssvp"])
+    np.testing.assert_allclose(out["p_map"], np.asarray(out["layer_probs"]).mean(1), rtol=1e-6)
+    np.testing.assert_allclose(out["s_final"], out["s_global"], rtol=1e-6)
+    t = np.asarray(out["t_init"])
+    ln = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(out["t_final"], ln, atol=1e-4)
+    assert not np.allclose(out["t_init"][0], out["t_init"][1])   # class words differ per image
+    assert np.abs(np.asarray(grads["prompts"]["state"])).max() > 0
+    assert np.abs(np.asarray(grads["prompts"]["bg"])).max() > 0
+    assert "moe" not in grads and np.abs(np.asarray(grads["injection"]["alpha"])) > 0
+
+
+def test_converted_weight_folders_are_loaded(tmp_path):
+    """With `weights` folders the architecture, the frozen params and the tokenizer come from them."""
+    from zsad_jax import backbones
+    from zsad_jax.backbones import io, tokenizer
+
+    demo = _method("demo")
+    folders = {}
+    for name, model in (("clip", demo.clip_model), ("dino", demo.dino_model)):
+        shapes = jax.eval_shape(lambda m=model: backbones.init_params(m, jax.random.PRNGKey(0), 64))
+        rng = np.random.default_rng(len(name))
+        params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+        io.write_folder(tmp_path / name, model.cfg, params)
+        folders[name] = params
+    merges, _ = tokenizer.tiny_bpe()
+    tokenizer.write_tokenizer_files(backbones.load_tokenizer("clip-tiny"), merges, tmp_path / "clip")
+    m = _method("demo", **{"backbones.clip.weights": str(tmp_path / "clip"),
+                           "backbones.dino.weights": str(tmp_path / "dino")})
+    params = m.init(jax.random.PRNGKey(0))
+    for name in ("clip", "dino"):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, params[name], folders[name])
+    ids, _ = m.prompt_token_ids(["metal_nut"])
+    np.testing.assert_array_equal(ids, demo.prompt_token_ids(["metal_nut"])[0])

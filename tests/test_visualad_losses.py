@@ -22,9 +22,11 @@ def test_margin_term_is_zero_beyond_120_degrees(degrees):
     assert float(vl.token_margin_loss(*_tokens_at_angle(degrees))) == 0.0
 
 
-@pytest.mark.parametrize("degrees,expected", [(0.0, 1.5), (90.0, 0.5), (60.0, 1.0), (110.0, 0.5 + math.cos(math.radians(110)))])
+@pytest.mark.parametrize("degrees,expected", [(0.0, 1.5), (90.0, 0.5), (60.0, 1.0),
+                                              (110.0, 0.5 + math.cos(math.radians(110)))])
 def test_margin_term_below_120_degrees(degrees, expected):
-    np.testing.assert_allclose(float(vl.token_margin_loss(*_tokens_at_angle(degrees, 3))), expected, atol=1e-6)
+    loss = vl.token_margin_loss(*_tokens_at_angle(degrees, 3))
+    np.testing.assert_allclose(float(loss), expected, atol=1e-6)
 
 
 def test_topk_mean_hand_made_maps():

@@ -23,16 +23,27 @@ def _demo(**overrides):
     return config_lib.load_config("visualad.py:demo", overrides)
 
 
+@pytest.fixture(scope="module")
+def tiny_clip():
+    model = backbones.build("clip-tiny", pos_interpolation="bilinear")
+    return model, jax.jit(lambda r: backbones.init_params(model, r))(jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def demo():
+    method = methods.build(_demo())
+    return method, method.init(jax.random.key(0))
+
+
 def _embed(model, params, images, prefix=None, prefix_pos=None):
     return model.apply({"params": params}, images, prefix, prefix_pos,
                        method=lambda m, *a: m.visual.embed(*a))
 
 
-def test_sequence_layout_and_resized_positions():
+def test_sequence_layout_and_resized_positions(tiny_clip):
     """[t_a, t_n, t_c, patches]: inserted tokens first, class token third, patch positions resized
     bilinearly (torch F.interpolate, align_corners=False) from the 8x8 table to the 6x6 grid."""
-    model = backbones.build("clip-tiny", pos_interpolation="bilinear")
-    params = backbones.init_params(model, jax.random.key(0), image_size=48)
+    model, params = tiny_clip
     v = jax.tree_util.tree_map(lambda a: torch.from_numpy(np.array(a)), params["visual"])
     rng = np.random.default_rng(0)
     images = rng.normal(size=(2, 48, 48, 3)).astype(np.float32)
@@ -56,13 +67,13 @@ def test_sequence_layout_and_resized_positions():
     assert np.abs(np.asarray(x) - expected.numpy()).max() < 1e-5
 
 
-def test_no_inserted_tokens_reproduces_plain_backbone():
-    model = backbones.build("clip-tiny", pos_interpolation="bilinear")
-    params = backbones.init_params(model, jax.random.key(1))
+def test_no_inserted_tokens_reproduces_plain_backbone(tiny_clip):
+    model, params = tiny_clip
     images = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
-    plain = model.apply({"params": params}, images, layers=(1, 2), method="encode_image")
-    empty = model.apply({"params": params}, images, layers=(1, 2), prefix_tokens=jnp.zeros((1, 0, 64)),
-                        prefix_pos_embed=jnp.zeros((0, 64)), method="encode_image")
+    encode = jax.jit(lambda p, x, *prefix: model.apply({"params": p}, x, (1, 2), *prefix,
+                                                       method="encode_image"))
+    plain = encode(params, images)
+    empty = encode(params, images, jnp.zeros((1, 0, 64)), jnp.zeros((0, 64)))
     assert empty.num_prefix == plain.num_prefix == 1
     for a, b in zip(plain.layers, empty.layers, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -107,9 +118,9 @@ def test_end_to_end_parity_with_torch_reference(tmp_path):
         p.data.add_(0.05 * torch.randn_like(p))
     params["backbone"]["visual"].update(
         jax.tree_util.tree_map(jnp.asarray, _flax_visual_from_hf(hf.state_dict(), 2)))
-    head = params["head"]
+    head = {k: np.asarray(v) for k, v in params["head"].items() if k.endswith(("_token", "_pos"))}
     images = np.random.default_rng(5).normal(size=(2, size, size, 3)).astype(np.float32)
-    maps, scores = method.anomaly_outputs(params, {"images": {"vit": jnp.asarray(images)}})
+    maps, scores = jax.jit(method.anomaly_outputs)(params, {"images": {"vit": jnp.asarray(images)}})
 
     vm = hf
     with torch.no_grad():
@@ -118,8 +129,8 @@ def test_end_to_end_parity_with_torch_reference(tmp_path):
         pos = vm.embeddings.position_embedding.weight
         patch_pos = F.interpolate(pos[1:].reshape(1, 8, 8, 64).permute(0, 3, 1, 2), (10, 10),
                                   mode="bilinear", align_corners=False).reshape(64, 100).T
-        tok = torch.stack([torch.from_numpy(np.asarray(head["anomaly_token"]) + np.asarray(pos[0])),
-                           torch.from_numpy(np.asarray(head["normal_token"]) + np.asarray(pos[0]))])
+        tok = torch.from_numpy(np.stack([head["anomaly_token"] + head["anomaly_pos"],
+                                         head["normal_token"] + head["normal_pos"]]))
         cls = vm.embeddings.class_embedding + pos[0]
         x = torch.cat([tok[None].expand(2, -1, -1), cls[None, None].expand(2, 1, -1), x + patch_pos], 1)
         x = vm.pre_layrnorm(x)
@@ -140,14 +151,13 @@ def test_end_to_end_parity_with_torch_reference(tmp_path):
     assert np.abs(np.asarray(scores) - expected_scores).max() < 1e-4
 
 
-def test_gradients_reach_tokens_sca_saf_and_nothing_frozen_is_trainable():
-    method = methods.build(_demo())
-    params = method.init(jax.random.key(0))
+def test_gradients_reach_tokens_sca_saf_and_nothing_frozen_is_trainable(demo):
+    method, params = demo
     rng = np.random.default_rng(0)
     batch = {"images": {"vit": jnp.asarray(rng.normal(size=(2, 64, 64, 3)), jnp.float32)},
              "masks": jnp.asarray(rng.random((2, 64, 64)) > 0.8, jnp.float32),
              "labels": jnp.asarray([0, 1])}
-    grads = jax.grad(lambda p: method.loss(p, batch, jax.random.key(1))[0])(params)
+    grads = jax.jit(jax.grad(lambda p: method.loss(p, batch, jax.random.key(1))[0]))(params)
     mask = method.trainable_mask(params)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         name = path_str(path)
@@ -157,6 +167,12 @@ def test_gradients_reach_tokens_sca_saf_and_nothing_frozen_is_trainable():
         else:
             assert trainable, name
             assert float(jnp.abs(g).max()) > 0, f"no gradient reaches {name}"
+    # config.train.remat recomputes the frozen blocks in the backward pass: same gradients.
+    remat = methods.build(_demo(**{"train.remat": True}))
+    grads_remat = jax.jit(jax.grad(lambda p: remat.loss(p, batch, jax.random.key(1))[0]))(params)
+    for a, b in zip(jax.tree_util.tree_leaves(grads["head"]), jax.tree_util.tree_leaves(grads_remat["head"]),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     # The release's choices: frozen token positions, trained final LayerNorm.
     release = methods.build(_demo(**{"model.learn_token_pos": False, "model.train_final_norm": True}))
     flags = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(release.trainable_mask(params))}
@@ -171,19 +187,28 @@ def _at(tree, path):
     return tree
 
 
-def test_variants_dinov2_and_ablations_run():
+def test_variants_dinov2_per_layer_and_ablations():
+    config = _demo(**{"backbones.vit.arch": "dinov2-tiny", "model.token_source": "per_layer",
+                      "model.use_saf": False})
+    method = methods.build(config)
+    params = method.init(jax.random.key(0))
+    assert not any(k.startswith("saf_") for k in params["head"]) and "sca_2" in params["head"]
+    np.testing.assert_array_equal(params["head"]["normal_pos"], params["backbone"]["pos_embed"][0])
     x = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))
-    for overrides in ({"backbones.vit.arch": "dinov2-tiny", "model.token_source": "per_layer"},
-                      {"model.use_sca": False, "model.use_saf": False}):
-        method = methods.build(_demo(**overrides))
-        params = method.init(jax.random.key(0))
-        maps, score = method.anomaly_outputs(params, {"images": {"vit": x}})
-        assert maps.shape == (1, 64, 64) and score.shape == (1,) and bool(jnp.isfinite(maps).all())
-    assert method.views["vit"].mean == backbones.normalization("clip-tiny")[0]
+    maps, score = jax.jit(method.anomaly_outputs)(params, {"images": {"vit": x}})
+    assert maps.shape == (1, 64, 64) and score.shape == (1,) and bool(jnp.isfinite(maps).all())
+    assert method.views["vit"].mean == backbones.normalization("dinov2-tiny")[0]
+    for variant, sca, saf in (("no_sca", False, True), ("no_saf", True, False), ("no_sca_saf", False, False)):
+        c = config_lib.load_config(f"visualad.py:{variant}", {"backbones.vit.weights": ""})
+        assert (c.model.use_sca, c.model.use_saf) == (sca, saf)
     with pytest.raises(ValueError, match="token_source"):
         methods.build(_demo(**{"model.token_source": "middle"}))
     with pytest.raises(ValueError, match="layers"):
         methods.build(_demo(**{"backbones.vit.layers": (1, 3)}))
+    with pytest.raises(ValueError, match="exactly one backbone"):
+        c = _demo()
+        c.backbones.other = c.backbones.vit
+        methods.build(c)
 
 
 def test_image_score_is_top1_percent_of_smoothed_map():
@@ -216,11 +241,16 @@ def test_real_size_shapes():
         assert method.mask_size == 518
 
 
-def test_converted_head_is_checked_against_config(tmp_path):
+def test_converted_head_is_checked_against_config(tmp_path, demo):
     state, _, _ = official_head_reference(dim=64)
     params, meta = conv.convert_state(state)
     visualad_weights.save_head(tmp_path, params, dict(meta, num_anchors=8))
     method = methods.build(_demo(**{"model.head_weights": str(tmp_path)}))
+    head = jax.tree_util.tree_map(np.asarray, demo[1]["head"])
     with pytest.raises(ValueError, match="num_anchors=8"):
-        method.init(jax.random.key(0))
+        method._load_head(head)
+    visualad_weights.save_head(tmp_path, params, meta)
+    loaded = method._load_head(head)
+    np.testing.assert_array_equal(loaded["anomaly_token"], state["anomaly_token"].numpy())
+    np.testing.assert_array_equal(loaded["anomaly_pos"], head["anomaly_pos"])   # kept: class pos
     assert any(str(tmp_path) == p for p, _ in method.required_files())

@@ -203,7 +203,8 @@ def convert(src: str | pathlib.Path, dst: str | pathlib.Path) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m weights_conversion.visualad", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", required=True, help="official checkpoint, e.g. weight/train_on_visa/CLIP.pth")
+    parser.add_argument("--src", required=True,
+                        help="official checkpoint, e.g. weight/train_on_visa/CLIP.pth")
     parser.add_argument("--dst", required=True, help="output folder (visualad_head.npz + visualad.json)")
     args = parser.parse_args(argv)
     try:

@@ -213,7 +213,14 @@ def main_with_config(main, argv: Sequence[str] | None = None) -> None:
     except ConfigError as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(2) from None
-    app.run(main, argv=argv)
+    try:
+        app.run(main, argv=argv)
+    except SystemExit as e:
+        # absl exits with status 1 after printing --help; asking for help is not a failure.
+        help_flags = {"--help", "-help", "-h", "-?", "--helpfull", "--helpshort"}
+        if e.code == 1 and help_flags.intersection(argv[1:]):
+            raise SystemExit(0) from None
+        raise
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,29 +17,34 @@ import logging
 import pathlib
 import sys
 
-from absl import flags
-from ml_collections import config_flags
-
 from zsad_jax import config_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file FILE[:variant] instead of --workdir (with --checkpoint RUN for "
-    "trained parameters).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Training run directory (its config.json + checkpoints).")
-flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of the run: 'best' or "
-                  "'latest'.")
-flags.DEFINE_string("checkpoint", None, "With --config: the run whose parameters are used.")
-flags.DEFINE_list("images", None, "Image file(s), folder(s) (their image files, not recursive) "
-                  "or glob pattern(s) ('**' recurses); comma-separated.")
-flags.DEFINE_string("out", None, "Output folder (created).")
-flags.DEFINE_float("threshold", None, "Also write a binary mask PNG per image: pixels whose "
-                   "anomaly map value is >= this threshold are white.")
-flags.DEFINE_float("vmin", 0.0, "Anomaly-map value drawn dark blue in the heatmaps.")
-flags.DEFINE_float("vmax", 1.0, "Anomaly-map value drawn dark red in the heatmaps.")
-flags.DEFINE_float("smoothing_sigma", None, "Override config.eval.smoothing_sigma (0 = off).")
-flags.DEFINE_integer("batch_size", None, "Images per batch (default config.data.eval_batch_size).")
 
-FLAGS = flags.FLAGS
+def define_flags() -> None:
+    """Defines the CLI flags (at run time, so importing this module defines no absl flags)."""
+    from absl import flags
+
+    from zsad_jax.evaluation import loading
+
+    if "images" in flags.FLAGS:
+        return
+    loading.define_model_flags()
+    for name in loading.MODEL_FLAGS:       # listed by --help with this module's own flags
+        flags.declare_key_flag(name)
+    flags.DEFINE_list("images", None, "Image file(s), folder(s) (their image files, not "
+                      "recursive) or glob pattern(s) ('**' recurses); comma-separated.")
+    flags.DEFINE_string("out", None, "Output folder (created).")
+    flags.DEFINE_float("threshold", None, "Also write a binary mask PNG per image: pixels whose "
+                       "anomaly-map value is >= this threshold are white.")
+    flags.DEFINE_float("vmin", 0.0, "Anomaly-map value drawn dark blue in the heatmaps.")
+    flags.DEFINE_float("vmax", 1.0, "Anomaly-map value drawn dark red in the heatmaps.")
+    flags.DEFINE_float("smoothing_sigma", None, "Override config.eval.smoothing_sigma (Gaussian "
+                       "smoothing in input pixels; 0 = off).")
+    flags.DEFINE_integer("batch_size", None, "Images per batch (default "
+                         "config.data.eval_batch_size).")
+    flags.DEFINE_bool("progress", True, "Show the progress bar (images/s, ETA).")
+
+
 CSV_COLUMNS = ("image", "score", "map_max", "heatmap", "mask", "anomalous_fraction")
 
 
@@ -196,19 +201,22 @@ def predict(method, params, config, paths: list[str], out, threshold=None, vmin=
 
 
 def main(argv) -> None:
-    del argv
-    from zsad_jax.evaluation.loading import load_model
+    from absl import flags
 
-    logging.getLogger().setLevel(logging.INFO)
-    if not FLAGS.images or not FLAGS.out:
+    from zsad_jax.evaluation import loading
+
+    f = flags.FLAGS
+    if len(argv) > 1:
+        raise SystemExit(f"error: unexpected arguments {argv[1:]} (see --help)")
+    if not f.images or not f.out:
         raise SystemExit("error: --images and --out are required (see --help)")
-    config, method, params, _ = load_model(FLAGS.workdir, _CONFIG.value, FLAGS.checkpoint,
-                                           FLAGS.which)
-    paths = expand_images(FLAGS.images)
-    predictor = predict(method, params, config, paths, FLAGS.out, FLAGS.threshold, FLAGS.vmin,
-                        FLAGS.vmax, FLAGS.batch_size, FLAGS.smoothing_sigma)
+    logging.getLogger().setLevel(logging.INFO)
+    config, method, params, _ = loading.model_from_flags()
+    paths = expand_images(f.images)
+    predictor = predict(method, params, config, paths, f.out, f.threshold, f.vmin, f.vmax,
+                        f.batch_size, f.smoothing_sigma, progress=f.progress)
     sys.stdout.write(f"{len(predictor.rows)} image(s) scored, {len(predictor.failed)} unreadable "
-                     f"skipped; scores in {pathlib.Path(FLAGS.out) / 'scores.csv'}\n")
+                     f"skipped; scores in {pathlib.Path(f.out) / 'scores.csv'}\n")
     if predictor.failed:
         sys.stdout.write("unreadable: " + ", ".join(p for p, _ in predictor.failed) + "\n")
     if not predictor.rows:
@@ -217,6 +225,7 @@ def main(argv) -> None:
 
 def run() -> None:
     """Console entry point (`zsad-predict`)."""
+    define_flags()
     config_lib.main_with_config(main)
 
 

@@ -224,8 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpu.add_argument("--repo_dir", default="", help="checkout on the nodes (default: this cwd)")
     gpu.add_argument("--ssh", default="ssh", help="ssh command, e.g. 'ssh -p 2222'")
     local = sub.add_parser("local", parents=[common], help="N processes on this machine")
-    local.add_argument("--num_processes", type=int, default=2)
-    local.add_argument("--port", type=int, default=12355)
+    local.add_argument("--num_processes", type=int, default=2, help="processes to start")
+    local.add_argument("--port", type=int, default=12355, help="coordinator port on 127.0.0.1")
     local.add_argument("--devices_per_process", type=int, default=0,
                        help="K > 0: CPU processes with K devices each (JAX_PLATFORMS=cpu)")
     args, command = parser.parse_known_args(argv)

@@ -49,8 +49,11 @@ def write_folder(dst, cfg: BackboneConfig, params: Any, source: dict | None = No
     if target.exists():
         import shutil
         shutil.rmtree(target)
-    with ocp.PyTreeCheckpointer() as ckpt:
-        ckpt.save(target, params)
+    # Without OCDBT every leaf is stored under its own parameter path (OCDBT names its data files
+    # randomly, so two conversions would differ).
+    handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_zarr3=False)
+    with ocp.Checkpointer(handler) as ckpt:
+        ckpt.save(target, args=ocp.args.PyTreeSave(params))
     _strip_timestamps(target)
     meta = {"format_version": FORMAT_VERSION, "arch": cfg.to_dict(), "source": source or {}}
     (dst / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -1,7 +1,8 @@
 """CLIP byte-level BPE tokenizer (pure Python, no torch), and a tiny offline vocabulary.
 
-Same algorithm as OpenAI's `simple_tokenizer` / HF `CLIPTokenizer`: text is html-unescaped,
-whitespace-collapsed and lower-cased (ftfy's `fix_text` is applied only if ftfy is installed);
+Same algorithm as OpenAI's `simple_tokenizer` / HF `CLIPTokenizer`: text is NFC-normalised (or
+ftfy-fixed if ftfy is installed), html-unescaped (as OpenAI; HF's fast tokenizer does not
+unescape), whitespace-collapsed and lower-cased;
 split with CLIP's regex; each piece is mapped to byte-level unicode characters, the last one
 marked with `</w>`, and merged by BPE rank. Sequences are `<|startoftext|> ... <|endoftext|>`
 padded with 0 to the context length (OpenAI `clip.tokenize`).
@@ -13,6 +14,7 @@ import functools
 import html
 import json
 import pathlib
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,7 +45,7 @@ def _clean(text: str) -> str:
         import ftfy
         text = ftfy.fix_text(text)
     except ImportError:
-        pass
+        text = unicodedata.normalize("NFC", text)   # what ftfy (and HF's normalizer) also do
     text = html.unescape(html.unescape(text)).strip()
     return " ".join(text.split()).lower()
 

@@ -117,7 +117,7 @@ def read_visa(root: pathlib.Path, split: str, classes: Sequence[str]) -> list[Re
                            f"as split_csv/1cls.csv)")
     wanted = set(classes)
     records = []
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # BOM-tolerant
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         if missing := [c for c in VISA_COLUMNS if c not in columns]:

@@ -69,7 +69,7 @@ def read_headct(root: pathlib.Path, split: str, classes: Sequence[str]) -> list[
         image_dir = image_dir / "head_ct"
     require_dir(image_dir, "headct", "image folder head_ct/")
     records = []
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # BOM-tolerant
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
         if "id" not in columns or "hemorrhage" not in columns:

@@ -17,6 +17,41 @@ import jax
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIRS = {"best": "best", "checkpoints": "latest"}
+MODEL_FLAGS = ("config", "workdir", "which", "checkpoint")
+_CONFIG_FLAG = None
+
+
+def define_model_flags() -> None:
+    """--config, --workdir, --which, --checkpoint: the flags of the CLIs that load a model."""
+    global _CONFIG_FLAG
+    from absl import flags
+    from ml_collections import config_flags
+
+    _CONFIG_FLAG = config_flags.DEFINE_config_file(
+        "config", None, "Config file FILE[:variant] (e.g. sgnet.py:demo; bare names are looked "
+        "up in configs/), with --config.key=value overrides. Alternative to --workdir.",
+        lock_config=True)
+    flags.DEFINE_string("workdir", None, "Training run directory (its config.json + "
+                        "checkpoints).")
+    flags.DEFINE_enum("which", "best", ["best", "latest"],
+                      "Checkpoint of the run: 'best' (by config.train.best_metric; the latest if "
+                      "no evaluation ran) or 'latest'.")
+    flags.DEFINE_string("checkpoint", None, "With --config: the run directory (or its best/ or "
+                        "checkpoints/ folder) whose trained parameters are used. Without it, "
+                        "--config uses untrained parameters.")
+
+
+def config_flag_value():
+    """The config given by --config (None if absent)."""
+    return _CONFIG_FLAG.value
+
+
+def model_from_flags():
+    """`load_model` with the values of the flags `define_model_flags` defined."""
+    from absl import flags
+
+    f = flags.FLAGS
+    return load_model(f.workdir, _CONFIG_FLAG.value, f.checkpoint, f.which)
 
 
 def run_dir_of(path: str | pathlib.Path) -> tuple[pathlib.Path, str | None]:

@@ -35,6 +35,7 @@ class RandomPatchFeatures(nn.Module):
 class ProbeModel(nn.Module):
     patch: int
     width: int
+    context_deviation: bool = False   # score |f - mean over the image of f| instead of f
 
     def setup(self):
         self.backbone = RandomPatchFeatures(self.patch, self.width)
@@ -45,6 +46,10 @@ class ProbeModel(nn.Module):
 
     def score(self, features):
         """(B, h, w, D) -> patch logits (B, h, w)."""
+        if self.context_deviation:
+            # How far each patch is from its image's mean feature: class-agnostic, so it can
+            # transfer to unseen classes (the plain features do not).
+            features = jnp.abs(features - features.mean(axis=(1, 2), keepdims=True))
         return self.head(features)[..., 0]
 
     def __call__(self, images):
@@ -59,7 +64,10 @@ class LinearProbe(Method):
     def __init__(self, config):
         super().__init__(config)
         bb = config.backbones.image
-        self.model = ProbeModel(patch=config.model.patch, width=config.model.width)
+        self.model = ProbeModel(patch=config.model.patch, width=config.model.width,
+                                context_deviation=bool(config.model.get("context_deviation",
+                                                                        False)))
+        self._balanced = bool(config.loss.get("balanced_pixel_bce", False))
         self._view = ImageView(size=bb.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
     @property
@@ -85,7 +93,14 @@ class LinearProbe(Method):
     def loss_from_features(self, params, features, batch, rng):
         del rng
         logits = self._maps_from_features(params, features)
-        pixel = optax.sigmoid_binary_cross_entropy(logits, batch["masks"]).mean()
+        bce = optax.sigmoid_binary_cross_entropy(logits, batch["masks"])
+        if self._balanced:
+            # Anomalous and normal pixels weigh half each (anomalies are ~3% of pixels).
+            masks = batch["masks"]
+            pixel = (0.5 * (bce * masks).sum() / jnp.maximum(masks.sum(), 1.0)
+                     + 0.5 * (bce * (1 - masks)).sum() / jnp.maximum((1 - masks).sum(), 1.0))
+        else:
+            pixel = bce.mean()
         image_logit = logits.reshape(logits.shape[0], -1).max(axis=1)
         image = optax.sigmoid_binary_cross_entropy(
             image_logit, batch["labels"].astype(jnp.float32)).mean()

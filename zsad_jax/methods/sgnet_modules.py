@@ -162,7 +162,9 @@ class GravitonGuidedHead(nn.Module):
     def __call__(self, gravitons, x):
         c_x = x.shape[-1]
         hidden = nn.gelu(nn.Dense(gravitons.shape[-1], dtype=self.dtype, name="mlp_1")(gravitons))
-        w = nn.Dense(c_x, dtype=self.dtype, name="mlp_2")(hidden)                       # (B, N, C_x)
+        # Small initial w_n: the mask starts near sigmoid(0) = 0.5 instead of saturated.
+        w = nn.Dense(c_x, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02),
+                     name="mlp_2")(hidden)                                               # (B, N, C_x)
         per_graviton = jnp.einsum("bnc,bpc->bnp", w, x)                                 # M_n
         return per_graviton.mean(axis=1)                                                # mean_n M_n
 

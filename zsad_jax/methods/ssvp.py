@@ -46,6 +46,7 @@ Reading choices (the paper is silent or ambiguous; alternatives are config optio
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -186,7 +187,8 @@ class SSVP(Method):
                 raise ValueError(f"config.loss.{key}={config.loss[key]!r}: use one of {allowed}")
         dtype = compute_dtype(config)
         self.clip_cfg = config.backbones.clip
-        self.clip_model = self._build_backbone(backbones, self.clip_cfg, dtype)
+        remat = bool(config.train.remat)
+        self.clip_model = self._build_backbone(backbones, self.clip_cfg, dtype, remat)
         if not self.clip_model.cfg.has_text:
             raise ValueError(f"config.backbones.clip ({self.clip_cfg.arch}, weights "
                              f"{self.clip_cfg.weights!r}) has no text tower; SSVP needs one")
@@ -194,7 +196,7 @@ class SSVP(Method):
         views = {"clip": self._view(backbones, self.clip_model, self.clip_cfg.image_size)}
         if self.use_dino:
             self.dino_cfg = config.backbones.dino
-            self.dino_model = self._build_backbone(backbones, self.dino_cfg, dtype)
+            self.dino_model = self._build_backbone(backbones, self.dino_cfg, dtype, remat)
             self.dino_layers = tuple(self.dino_cfg.layers)
             if len(self.dino_layers) != len(self.clip_layers):
                 raise ValueError(f"config.backbones.dino.layers={self.dino_layers} and "
@@ -222,13 +224,14 @@ class SSVP(Method):
 
     # ---- construction ---------------------------------------------------------------------
     @staticmethod
-    def _build_backbone(backbones, bb, dtype):
+    def _build_backbone(backbones, bb, dtype, remat):
         arch = bb.arch
-        if bb.weights:
+        if bb.weights and os.path.isdir(bb.weights):
             from zsad_jax.backbones import io
 
             arch = io.read_config(bb.weights)   # the converted folder's architecture, never assumed
-        return backbones.build(arch, dtype=dtype, pos_interpolation=bb.pos_interpolation)
+        # (a missing folder is reported with the other missing inputs by `required_files`)
+        return backbones.build(arch, dtype=dtype, pos_interpolation=bb.pos_interpolation, remat=remat)
 
     @staticmethod
     def _view(backbones, model, size):

@@ -168,12 +168,14 @@ class VisualAD(Method):
             _, bb_params = backbones.load(self.bb_config.weights, dtype=self.dtype,
                                           pos_interpolation=self.bb_config.pos_interpolation)
         else:
-            bb_params = backbones.init_params(self.backbone, bb_rng, image_size=self._view.size)
+            bb_params = jax.jit(lambda r: backbones.init_params(
+                self.backbone, r, image_size=self._view.size))(bb_rng)
         d = self.arch.width
         n = (self._view.size // self.arch.patch_size) ** 2
         dummy_tok = jnp.zeros((1, d), jnp.float32)
-        head = self.head.init(head_rng, dummy_tok, dummy_tok,
-                              [jnp.zeros((1, n, d), jnp.float32)] * len(self.layers))["params"]
+        head = jax.jit(lambda r: self.head.init(
+            r, dummy_tok, dummy_tok, [jnp.zeros((1, n, d), jnp.float32)] * len(self.layers)))(head_rng)
+        head = head["params"]
         head = dict(head)
         if self.config.model.token_pos_init == "class":     # release: both = class position
             cls_pos = self._get(bb_params, self._class_pos_path(), "position embedding")[0]

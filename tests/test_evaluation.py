@@ -1,0 +1,189 @@
+"""evaluation: smoothing = scipy, heatmap drawing, evaluate_records end to end on tiny data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from zsad_jax import config_lib, data, evaluation, methods, metrics
+from zsad_jax.evaluation import heatmaps, postprocess, runner
+from zsad_jax.evaluation.tables import markdown_table
+
+
+@pytest.mark.parametrize("sigma", [1.0, 4.0, 0.6])
+def test_smoothing_equals_scipy_gaussian_filter(sigma):
+    # 20x13 maps: with sigma 4 the kernel radius (16) exceeds the image (multiple reflections).
+    maps = np.random.default_rng(0).random((2, 20, 13)).astype(np.float32)
+    expected = np.stack([ndimage.gaussian_filter(m.astype(np.float64), sigma) for m in maps])
+    out = np.asarray(jax.jit(lambda m: postprocess.smooth_maps(m, sigma))(maps))
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert postprocess.smooth_maps(maps, 0.0) is maps
+
+
+def test_resize_map_bilinear_shape_and_range():
+    small = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    big = postprocess.resize_map(small, 7, 9)
+    assert big.shape == (7, 9) and big.dtype == np.float32
+    assert 0.0 <= big.min() and big.max() <= 1.0 and 0.0 < big.mean() < 1.0
+
+
+def test_colormap_and_overlay():
+    assert heatmaps.JET.shape == (256, 3)
+    assert tuple(heatmaps.JET[0]) == (0, 0, 128)            # dark blue
+    assert tuple(heatmaps.JET[-1]) == (128, 0, 0)           # dark red
+    coloured = heatmaps.colorize(np.array([[-5.0, 0.0, 0.5, 1.0, 9.0]]), 0.0, 1.0)
+    np.testing.assert_array_equal(coloured[0, 0], coloured[0, 1])   # clipped below
+    np.testing.assert_array_equal(coloured[0, 3], coloured[0, 4])   # clipped above
+    image = np.zeros((6, 6, 3), np.float32)
+    mask = np.zeros((6, 6), bool)
+    mask[1:5, 1:5] = True
+    contour = heatmaps.draw_contour(image, mask)
+    drawn = (contour == heatmaps.CONTOUR_RGB).all(-1)
+    assert drawn[1, 1] and drawn[1, 4] and not drawn[2, 2] and not drawn[0, 0]
+    picture = heatmaps.panel(image, mask, np.linspace(0, 1, 36).reshape(6, 6), 0.0, 1.0)
+    assert picture.shape == (6, 18, 3) and picture.dtype == np.uint8
+
+
+def test_group_by_class_and_heatmap_picks():
+    rec = lambda c, i, label: data.Record(f"/{c}/{i}.png", None, label, c, "good", "x")  # noqa: E731
+    records = [rec("a", 0, 0), rec("b", 0, 1), rec("a", 1, 1), rec("b", 1, 0), rec("a", 2, 1)]
+    grouped = runner.group_by_class(records)
+    assert [r.class_name for r in grouped] == ["a", "a", "a", "b", "b"]
+    assert [r.image_path for r in grouped[:3]] == ["/a/0.png", "/a/1.png", "/a/2.png"]
+    assert [r.image_path for r in runner.group_by_class(records, max_images=2)] == [
+        "/a/0.png", "/a/2.png", "/b/0.png", "/b/1.png"]
+    assert runner.heatmap_picks([0, 1, 1, 1, 0, 1], 3) == [0, 1, 5]   # 2 anomalous + 1 normal
+    assert runner.heatmap_picks([0, 0], 5) == [0, 1]
+    assert runner.heatmap_picks([1, 1], 0) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate_records on a tiny synthetic dataset with the tiny reference method
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = data.make_synthetic(tmp_path_factory.mktemp("synth"), seed=0, image_size=48,
+                               classes=("brick", "grass"), num_train=1, num_test_good=2,
+                               num_per_defect=1)
+    records = data.load_index("synthetic", root)
+    config = config_lib.load_config("linear_probe.py", {
+        "backbones.image.image_size": 32, "eval.num_heatmaps": 2, "data.eval_batch_size": 4,
+        "eval.smoothing_sigma": 2.0})
+    method = methods.build(config)
+    params = method.init(jax.random.PRNGKey(0))
+    return config, method, params, records
+
+
+def direct_class_metrics(config, method, params, records):
+    """Per class: preprocess each record, run the method un-jitted, smooth with scipy, score."""
+    preprocess = data.pipeline.Preprocess(method.views, method.mask_size)
+    out = {}
+    for name in dict.fromkeys(r.class_name for r in records):
+        examples = [preprocess(r) for r in records if r.class_name == name]
+        batch = {"images": {"image": np.stack([e["images"]["image"] for e in examples])}}
+        maps, scores = method.anomaly_outputs(params, batch)
+        maps = np.stack([ndimage.gaussian_filter(np.asarray(m, np.float64),
+                                                 config.eval.smoothing_sigma) for m in maps])
+        masks = np.stack([e["masks"] for e in examples]) > 0.5
+        labels = [int(e["labels"]) for e in examples]
+        out[name] = metrics.evaluate(np.asarray(scores), labels, maps.astype(np.float32), masks)
+    return out
+
+
+def test_evaluate_records_writes_all_files_and_matches_direct_metrics(tiny, tmp_path):
+    config, method, params, records = tiny
+    result = evaluation.evaluate_records(method, params, records, config, tmp_path, "synthetic",
+                                         progress=False)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == result
+    assert result["resolution"] == "input" and result["smoothing_sigma"] == 2.0
+    assert result["num_images"] == len(records) == 12
+    assert list(result["classes"]) == ["brick", "grass"]
+    expected = direct_class_metrics(config, method, params, records)
+    for name, values in result["classes"].items():
+        for metric in metrics.METRIC_NAMES:
+            assert values[metric] == pytest.approx(expected[name][metric], abs=1e-4), (name,
+                                                                                      metric)
+    for metric in metrics.METRIC_NAMES:
+        assert result["mean"][metric] == pytest.approx(
+            np.mean([v[metric] for v in result["classes"].values()]))
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].split(",") == ["class", *metrics.METRIC_NAMES]
+    assert [line.split(",")[0] for line in csv_lines[1:]] == ["brick", "grass", "mean"]
+    table = (tmp_path / "table.md").read_text()
+    assert "| **Mean** |" in table and "input (32x32)" in table
+    for name in ("brick", "grass"):
+        pngs = sorted((tmp_path / "heatmaps" / name).glob("*.png"))
+        assert len(pngs) == 2
+        for png in pngs:
+            picture = np.asarray(Image.open(png))
+            assert picture.shape == (32, 96, 3)
+            image_panel, _, heat_panel = np.split(picture.astype(int), 3, axis=1)
+            assert picture.std() > 10 and np.abs(heat_panel - image_panel).mean() > 5
+        # One colour scale per class, written next to the pictures.
+        assert "colour scale" in (tmp_path / "heatmaps" / name / "scale.txt").read_text()
+
+
+def test_native_resolution_and_undefined_metrics(tiny, tmp_path):
+    config, method, params, records = tiny
+    config = config_lib.load_config("linear_probe.py", {
+        "backbones.image.image_size": 32, "eval.num_heatmaps": 1, "eval.resolution": "native",
+        "data.eval_batch_size": 4})
+    # brick: normal images only -> every metric undefined; grass: all defined.
+    subset = [r for r in records if r.class_name == "grass" or r.label == 0]
+    result = evaluation.evaluate_records(method, params, subset, config, tmp_path, "synthetic",
+                                         progress=False)
+    assert result["resolution"] == "native"
+    assert all(v is None for v in result["classes"]["brick"].values())
+    assert all(v is not None for v in result["classes"]["grass"].values())
+    assert result["mean"] == result["classes"]["grass"]
+    assert result["mean_num_classes"]["pixel_aupro"] == 1
+    assert "null" in (tmp_path / "metrics.json").read_text()
+    assert "| brick | n/a | n/a |" in markdown_table(result)
+    (png,) = (tmp_path / "heatmaps" / "grass").glob("*.png")
+    assert np.asarray(Image.open(png)).shape == (48, 144, 3)     # native 48x48 images
+
+
+def test_bad_eval_config_is_named(tiny, tmp_path):
+    config, method, params, records = tiny
+    bad = config_lib.load_config("linear_probe.py", {"eval.resolution": "full"})
+    with pytest.raises(ValueError, match="config.eval.resolution='full'"):
+        evaluation.evaluate_records(method, params, records, bad, tmp_path, "x", progress=False)
+
+
+_SHARDED_SCRIPT = """
+import json, sys, jax
+from zsad_jax import config_lib, data, evaluation, methods
+assert jax.device_count() == 4, jax.devices()
+records = data.load_index("synthetic", sys.argv[1])
+config = config_lib.load_config("linear_probe.py", {
+    "backbones.image.image_size": 32, "eval.num_heatmaps": 0, "data.eval_batch_size": 3,
+    "eval.smoothing_sigma": 2.0})
+method = methods.build(config)
+params = method.init(jax.random.PRNGKey(0))
+result = evaluation.evaluate_records(method, params, records, config, sys.argv[2], "synthetic",
+                                     progress=False)
+print(json.dumps(result["classes"]))
+"""
+
+
+def test_sharded_over_devices_gives_the_same_metrics(tiny, tmp_path):
+    config, method, params, records = tiny
+    single = evaluation.evaluate_records(method, params, records, config, tmp_path / "one",
+                                         "synthetic", progress=False)
+    root = str(records[0].image_path).split("/brick/")[0]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, root, str(tmp_path / "four")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, values in single["classes"].items():
+        for metric, value in values.items():
+            assert sharded[name][metric] == pytest.approx(value, abs=1e-6), (name, metric)
