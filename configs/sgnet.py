@@ -96,7 +96,9 @@ def get_config(arg=None):
         c.data.eval_batch_size = 16
         c.optim.lr = 1e-3
         c.optim.weight_decay = 0.0
-        c.train.epochs = 3
+        c.train.epochs = 20             # 5 steps an epoch on the synthetic classes: 100 steps
+        c.train.eval_every = 50
+        c.train.ckpt_every = 50
         c.eval.num_heatmaps = 2
         c.eval.smoothing_sigma = 1.0
     return c

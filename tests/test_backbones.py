@@ -208,3 +208,13 @@ def test_load_round_trip_and_overrides(tiny, tmp_path):
     io.write_folder(tmp_path / "bad", model.cfg, bad)
     with pytest.raises(ValueError, match=r"missing visual/ln_post/bias.*visual/pos_embed: shape"):
         backbones.load(tmp_path / "bad")
+
+
+def test_importing_never_imports_torch_or_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, zsad_jax.backbones, weights_conversion.convert, weights_conversion.hf; "
+            "bad = [m for m in ('torch', 'tensorflow') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from weights_conversion import hf
-from weights_conversion.verify import compare, jax_outputs, torch_outputs
+from weights_conversion.verify import compare, hf_clip_vision_config
 from zsad_jax import backbones
 
 
@@ -22,10 +22,7 @@ from zsad_jax import backbones
 def test_clip_vit_l14_336_at_518_equals_transformers():
     arch = backbones.ARCHS["clip-vit-l14-336"]
     torch.manual_seed(0)
-    config = transformers.CLIPVisionConfig(
-        hidden_size=arch.width, intermediate_size=arch.mlp_dim, num_hidden_layers=arch.depth,
-        num_attention_heads=arch.heads, image_size=arch.image_size, patch_size=arch.patch_size,
-        hidden_act="quick_gelu", projection_dim=arch.embed_dim)
+    config = hf_clip_vision_config(arch)
     torch_model = transformers.CLIPVisionModelWithProjection(config).eval()
     tensors = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
     cfg, params = hf.convert_hf(config.to_dict(), tensors, "ViT-L/14@336")
@@ -53,4 +50,3 @@ def test_clip_vit_l14_336_at_518_equals_transformers():
     errors = compare(ref, got)
     assert max(errors.values()) <= 1e-4, errors
     assert len({float(np.abs(g).sum()) for g in got.values()}) == len(got)   # distinct taps
-    del torch_outputs, jax_outputs   # (the generic helpers run all 24 layers; not needed here)

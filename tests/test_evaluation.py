@@ -70,8 +70,8 @@ def test_group_by_class_and_heatmap_picks():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = data.make_synthetic(tmp_path_factory.mktemp("synth"), seed=0, image_size=48,
-                               classes=("brick", "grass"), num_train=1, num_test_good=2,
-                               num_per_defect=1)
+                               classes=("brick", "grass", "moon"), num_train=1,
+                               num_test_good=1, num_per_defect=1)
     records = data.load_index("synthetic", root)
     config = config_lib.load_config("linear_probe.py", {
         "backbones.image.image_size": 32, "eval.num_heatmaps": 2, "data.eval_batch_size": 4,
@@ -97,14 +97,29 @@ def direct_class_metrics(config, method, params, records):
     return out
 
 
-def test_evaluate_records_writes_all_files_and_matches_direct_metrics(tiny, tmp_path):
+def test_evaluate_records_writes_all_files_and_matches_direct_metrics(tiny, tmp_path,
+                                                                     monkeypatch):
     config, method, params, records = tiny
+    live, most_live = set(), [0]
+
+    class Tracked(runner.ClassAccumulator):        # how many classes are held at once
+        def add(self, *args):
+            live.add(self.name)
+            most_live[0] = max(most_live[0], len(live))
+            super().add(*args)
+
+        def metrics(self):
+            live.discard(self.name)
+            return super().metrics()
+
+    monkeypatch.setattr(runner, "ClassAccumulator", Tracked)
     result = evaluation.evaluate_records(method, params, records, config, tmp_path, "synthetic",
                                          progress=False)
+    assert most_live[0] == 2          # streamed: 3 classes of 5 images, batches of 4
     assert json.loads((tmp_path / "metrics.json").read_text()) == result
     assert result["resolution"] == "input" and result["smoothing_sigma"] == 2.0
-    assert result["num_images"] == len(records) == 12
-    assert list(result["classes"]) == ["brick", "grass"]
+    assert result["num_images"] == len(records) == 15
+    assert list(result["classes"]) == ["brick", "grass", "moon"]
     expected = direct_class_metrics(config, method, params, records)
     for name, values in result["classes"].items():
         for metric in metrics.METRIC_NAMES:
@@ -115,10 +130,10 @@ def test_evaluate_records_writes_all_files_and_matches_direct_metrics(tiny, tmp_
             np.mean([v[metric] for v in result["classes"].values()]))
     csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].split(",") == ["class", *metrics.METRIC_NAMES]
-    assert [line.split(",")[0] for line in csv_lines[1:]] == ["brick", "grass", "mean"]
+    assert [line.split(",")[0] for line in csv_lines[1:]] == ["brick", "grass", "moon", "mean"]
     table = (tmp_path / "table.md").read_text()
     assert "| **Mean** |" in table and "input (32x32)" in table
-    for name in ("brick", "grass"):
+    for name in ("brick", "grass", "moon"):
         pngs = sorted((tmp_path / "heatmaps" / name).glob("*.png"))
         assert len(pngs) == 2
         for png in pngs:
@@ -136,7 +151,8 @@ def test_native_resolution_and_undefined_metrics(tiny, tmp_path):
         "backbones.image.image_size": 32, "eval.num_heatmaps": 1, "eval.resolution": "native",
         "data.eval_batch_size": 4})
     # brick: normal images only -> every metric undefined; grass: all defined.
-    subset = [r for r in records if r.class_name == "grass" or r.label == 0]
+    subset = [r for r in records if r.class_name == "grass" or
+              (r.class_name == "brick" and r.label == 0)]
     result = evaluation.evaluate_records(method, params, subset, config, tmp_path, "synthetic",
                                          progress=False)
     assert result["resolution"] == "native"

@@ -151,7 +151,7 @@ def test_baseline_without_gin_has_no_stage_parameters():
     assert loss.shape == ()
 
 
-def test_alternative_readings_run():
+def test_alternative_readings_run(demo):
     config = demo_config(**{"model.prompts": "templates", "model.image_score": "text",
                             "model.visual_input": "fused", "model.decoder": "concat",
                             "model.visual_dims": (16, 24, 32), "gpr.visual_tokens": "stage",
@@ -159,15 +159,20 @@ def test_alternative_readings_run():
                             "model.templates": ("a photo of a {}.",),
                             "model.normal_states": ("", "flawless"), "model.abnormal_states": ("damaged",)})
     method = methods.build(config)
-    params = method.init(jax.random.PRNGKey(0))
+    backbone = demo[1]["backbone"]
+    params = {"backbone": backbone,
+              **jax.jit(method._init_trainable)(jax.random.PRNGKey(1), jax.random.PRNGKey(2), backbone)}
     assert "prompts" not in params                 # nothing to learn on the text side
-    text = method.text_features(params)
+    assert params["head"]["stage_1"]["visual_out"]["kernel"].shape == (24, 32)
+
+    text = jax.jit(method.text_features)(params)                     # template ensemble
     assert text.shape == (2, 32)
     np.testing.assert_allclose(np.linalg.norm(text, axis=-1), 1.0, rtol=1e-5)
-    loss, terms = jax.jit(method.loss)(params, tiny_batch(), jax.random.PRNGKey(0))
-    assert np.isfinite(float(loss)) and float(terms["grav_att"]) > 0
+    loss, terms = jax.eval_shape(method.loss, params, tiny_batch(), None)
+    assert loss.shape == () and terms["grav_att"].shape == ()
     topk = methods.build(demo_config(**{"model.image_score": "topk_mean", "model.topk_fraction": 0.1}))
-    _, score = jax.eval_shape(topk.anomaly_outputs, topk.init(jax.random.PRNGKey(0)), tiny_batch())
+    _, score = jax.eval_shape(topk.anomaly_outputs, jax.eval_shape(topk.init, jax.random.PRNGKey(0)),
+                              tiny_batch())
     assert score.shape == (2,)
 
 
@@ -211,3 +216,24 @@ def test_demo_run_lowers_the_loss_and_beats_chance_on_held_out_classes(tmp_path)
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.3
     held_out = result.eval_metrics["synthetic"]["mean"]      # classes the run never saw
     assert held_out["pixel_auroc"] > 0.55 and held_out["image_auroc"] > 0.5
+
+
+def test_init_loads_converted_weights_and_their_tokenizer(demo, tmp_path):
+    from zsad_jax.backbones import io, tokenizer
+
+    method, params = demo[0], demo[1]
+    backbone = jax.tree_util.tree_map(lambda x: np.asarray(x) + 0.5, params["backbone"])
+    io.write_folder(tmp_path / "clip", method.arch, backbone)
+    tokenizer.write_tokenizer_files(tokenizer.tiny_tokenizer(), tokenizer.tiny_bpe()[0], tmp_path / "clip")
+    loaded = methods.build(demo_config(**{"backbones.clip.weights": str(tmp_path / "clip")}))
+    assert loaded.required_files()[0][0] == str(tmp_path / "clip")
+    new = loaded.init(jax.random.PRNGKey(0))
+    for a, b in zip(jax.tree_util.tree_leaves(new["backbone"]), jax.tree_util.tree_leaves(backbone),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loaded._prompt_tokens()[0], method._prompt_tokens()[0])
+    wrong = methods.build(demo_config(**{"backbones.clip.weights": str(tmp_path / "clip"),
+                                         "backbones.clip.arch": "clip-vit-b32",
+                                         "backbones.clip.image_size": 64}))
+    with pytest.raises(ValueError, match="not config.backbones.clip.arch='clip-vit-b32'"):
+        wrong.init(jax.random.PRNGKey(0))

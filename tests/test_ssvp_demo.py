@@ -18,6 +18,8 @@ def test_demo_lowers_loss_and_beats_chance_on_held_out_classes(tmp_path):
     losses = [r["loss"] for r in logged if r["kind"] == "train"]
     assert len(losses) == 40
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    seg = [r["seg_focal"] for r in logged if r["kind"] == "train"]
+    assert np.mean(seg[-5:]) < 0.5 * np.mean(seg[:5])
     held_out = result.eval_metrics["synthetic"]["mean"]
     assert held_out["image_auroc"] > 0.5
     # The prompts and the injection gate were trained (their gradients pass the frozen text tower).

@@ -25,6 +25,8 @@ def test_real_size_shapes():
     m = _method("visa_to_mvtec", **{"backbones.clip.weights": "", "backbones.dino.weights": ""})
     assert {k: v.size for k, v in m.views.items()} == {"clip": 518, "dino": 592}
     assert m.grid == 37 and m.mask_size == 592
+    assert m.views["clip"].mean == (0.48145466, 0.4578275, 0.40821073)     # each view: its own norm
+    assert m.views["dino"].mean == (0.485, 0.456, 0.406)
     params = jax.eval_shape(m.init, jax.random.PRNGKey(0))
     head = params["ssvp"]
     assert head["hsvs_local_0"]["q_clip"]["kernel"].shape == (768, 768)    # D_c -> d_head
@@ -130,11 +132,24 @@ def test_config_errors_name_the_key():
         _method("demo", **{"backbones.dino.layers": (1,)})
 
 
+def _numpy_params(shapes, seed=0):
+    """Random params without compiling an init: LayerNorm scale 1, biases 0, alpha 0, else N(0, 0.05)."""
+    rng = np.random.default_rng(seed)
+
+    def make(path, s):
+        name = path_str(path).rsplit("/", 1)[-1]
+        if name in ("scale", "bias", "alpha"):
+            return np.full(s.shape, 1.0 if name == "scale" else 0.0, np.float32)
+        return rng.normal(0, 0.05, s.shape).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(make, shapes)
+
+
 def test_forward_without_vtam_and_gradients_reach_the_prompts():
-    """Model D: P_map = mean of the layer maps, S_final = S_global; alpha = 0 at init gives
+    """Model D: P_map = mean of the layer maps, S_final = S_global; alpha = 0 gives
     T_final = LayerNorm(T_init); the loss has gradients in the prompts (through the frozen text tower)."""
     m = _method("demo,D")
-    params = m.init(jax.random.PRNGKey(0))
+    params = _numpy_params(jax.eval_shape(m.init, jax.random.PRNGKey(0)))   # no init compile
     rng = np.random.default_rng(0)
     host = {"images": {k: rng.normal(size=(2, v.size, v.size, 3)).astype(np.float32)
                        for k, v in m.views.items()},
@@ -142,12 +157,11 @@ def test_forward_without_vtam_and_gradients_reach_the_prompts():
             "labels": np.array([0, 1], np.int32), "class_name": np.array(["brick", "metal_nut"])}
     batch = m.prepare_batch(host)
 
-    def run(head):
-        p = {**params, "ssvp": head}
-        return m.forward(p, batch), jax.grad(lambda h: m.loss({**p, "ssvp": h}, batch,
-                                                              jax.random.PRNGKey(1))[0])(head)
+    def loss(head):
+        total, _, out = m.loss_and_outputs({**params, "ssvp": head}, batch, jax.random.PRNGKey(1))
+        return total, out
 
-    out, grads = jax.jit(run)(params["ssvp"])
+    grads, out = jax.jit(jax.grad(loss, has_aux=True))(params["ssvp"])
     np.testing.assert_allclose(out["p_map"], np.asarray(out["layer_probs"]).mean(1), rtol=1e-6)
     np.testing.assert_allclose(out["s_final"], out["s_global"], rtol=1e-6)
     t = np.asarray(out["t_init"])
@@ -169,7 +183,7 @@ def test_converted_weight_folders_are_loaded(tmp_path):
     for name, model in (("clip", demo.clip_model), ("dino", demo.dino_model)):
         shapes = jax.eval_shape(lambda m=model: backbones.init_params(m, jax.random.PRNGKey(0), 64))
         rng = np.random.default_rng(len(name))
-        params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+        params = jax.tree_util.tree_map(lambda s, r=rng: r.normal(size=s.shape).astype(np.float32), shapes)
         io.write_folder(tmp_path / name, model.cfg, params)
         folders[name] = params
     merges, _ = tokenizer.tiny_bpe()
@@ -181,3 +195,22 @@ def test_converted_weight_folders_are_loaded(tmp_path):
         jax.tree_util.tree_map(np.testing.assert_array_equal, params[name], folders[name])
     ids, _ = m.prompt_token_ids(["metal_nut"])
     np.testing.assert_array_equal(ids, demo.prompt_token_ids(["metal_nut"])[0])
+
+
+def test_every_option_traces():
+    """The non-default readings (docs/ssvp.md) build and trace with the right shapes."""
+    m = _method("demo", **{"model.clip_projection": "learned", "model.latent_tokens": 4,
+                           "model.local_score": "mean_maxpool", "model.global_score": "cosine",
+                           "model.eval_latent": "sample", "loss.seg_maps": "fused",
+                           "loss.class_mode": "probability", "loss.vae_reduction": "mean"})
+    params = jax.eval_shape(m.init, jax.random.PRNGKey(0))
+    assert params["ssvp"]["clip_proj_0"]["kernel"].shape == (64, 32)     # CLIP width -> D_c
+    assert params["ssvp"]["text_latent"]["k_latent"]["kernel"].shape == (2, 32)   # 8 / 4 per token
+    batch = {"images": {k: S((2, v.size, v.size, 3), jnp.float32) for k, v in m.views.items()},
+             "masks": S((2, 64, 64), jnp.float32), "labels": S((2,), jnp.int32),
+             "text": {"ids": S((2, 77), jnp.int32), "eot": S((2,), jnp.int32)}}
+    total, terms = jax.eval_shape(m.loss, params, batch, jax.random.PRNGKey(0))
+    assert total.shape == () and set(terms) == {"seg_focal", "cls_bce", "vae", "margin", "vae_recon",
+                                                "vae_kl"}
+    maps, scores = jax.eval_shape(m.anomaly_outputs, params, batch)
+    assert maps.shape == (2, 64, 64) and scores.shape == (2,)

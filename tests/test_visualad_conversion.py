@@ -108,13 +108,13 @@ def test_converted_head_matches_torch_reference(tmp_path):
     head = VisualADHead(dim=DIM, layers=LAYERS, num_anchors=ANCHORS, max_patches=POSITIONS)
     rng = np.random.default_rng(1)
     patches = [rng.normal(size=(3, 25, DIM)).astype(np.float32) for _ in LAYERS]
-    init = head.init(jax.random.key(0), jnp.zeros((1, DIM)), jnp.zeros((1, DIM)),
-                     [jnp.zeros((1, 25, DIM))] * 2)["params"]
+    init = jax.jit(head.init)(jax.random.key(0), jnp.zeros((1, DIM)), jnp.zeros((1, DIM)),
+                              [jnp.zeros((1, 25, DIM))] * 2)["params"]
     merged = vw.merge_head(jax.tree_util.tree_map(np.asarray, init), params, "test")
     b = 3
     t_a = jnp.broadcast_to(jnp.asarray(params["anomaly_token"]), (b, DIM))
     t_n = jnp.broadcast_to(jnp.asarray(params["normal_token"]), (b, DIM))
-    scores, _, _ = head.apply({"params": merged}, t_a, t_n, [jnp.asarray(p) for p in patches])
+    scores, _, _ = jax.jit(head.apply)({"params": merged}, t_a, t_n, [jnp.asarray(p) for p in patches])
     expected = _torch_scores(state["anomaly_token"][None].expand(b, -1),
                              state["normal_token"][None].expand(b, -1), cross, transforms,
                              [torch.from_numpy(p) for p in patches])

@@ -26,7 +26,8 @@ def _demo(**overrides):
 @pytest.fixture(scope="module")
 def tiny_clip():
     model = backbones.build("clip-tiny", pos_interpolation="bilinear")
-    return model, jax.jit(lambda r: backbones.init_params(model, r))(jax.random.key(0))
+    init = jax.jit(lambda r: model.init(r, jnp.zeros((1, 64, 64, 3)), method="encode_image"))
+    return model, init(jax.random.key(0))["params"]
 
 
 @pytest.fixture(scope="module")

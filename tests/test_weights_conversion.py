@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from weights_conversion import hf, openai_clip
+from weights_conversion import hf
 from weights_conversion.__main__ import main as cli
 from weights_conversion.convert import convert
 from weights_conversion.tensors import ConversionError
@@ -169,6 +169,7 @@ def _tree_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.save` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("torchscript", [False, True])
 def test_openai_state_dict_equals_hf_route(tmp_path, torchscript):
     model = _openai_clip_model()
@@ -242,7 +243,8 @@ def test_verify_fails_on_wrong_weights(dinov3_folder, tmp_path):
 
 
 def test_arch_check(dinov3_folder, tmp_path):
-    with pytest.raises(ConversionError, match="does not match --arch dinov3-vitl16: .*width: checkpoint 32 != dinov3-vitl16 1024"):
+    with pytest.raises(ConversionError,
+                       match="does not match --arch dinov3-vitl16: .*width: checkpoint 32 != 1024"):
         convert(dinov3_folder, tmp_path / "x", arch="dinov3-vitl16")
     assert cli(["--src", str(dinov3_folder), "--dst", str(tmp_path / "y"),
                 "--arch", "nope"]) == 2
@@ -346,3 +348,15 @@ def test_hf_tokenizer_files_are_copied(tmp_path):
     assert tok.encode("a photo") == tiny_tokenizer().encode("a photo")
     assert pathlib.Path(tmp_path / "dst" / "vocab.json").read_bytes() == \
         (src / "vocab.json").read_bytes()
+
+
+def test_bin_and_legacy_dinov3_layout_convert_like_safetensors(tmp_path):
+    model = tiny_hf("dinov3_reg_gated")
+    model.save_pretrained(tmp_path / "st")
+    model.config.save_pretrained(tmp_path / "bin")
+    # Released DINOv3 checkpoints name blocks `layer.N` (transformers 5 renames to `model.layer.N`).
+    legacy = {k.removeprefix("model."): v for k, v in model.state_dict().items()}
+    torch.save(legacy, tmp_path / "bin" / "pytorch_model.bin")
+    convert(tmp_path / "st", tmp_path / "a")
+    convert(tmp_path / "bin", tmp_path / "b")
+    _tree_equal(backbones.load(tmp_path / "a")[1], backbones.load(tmp_path / "b")[1])

@@ -38,7 +38,7 @@ def check_arch(cfg: BackboneConfig, arch: str) -> BackboneConfig:
     if arch not in ARCHS:
         raise ConversionError(f"--arch {arch!r} unknown; known: {', '.join(sorted(ARCHS))}")
     want = ARCHS[arch]
-    diffs = [f"{f.name}: checkpoint {getattr(cfg, f.name)!r} != {arch} {getattr(want, f.name)!r}"
+    diffs = [f"{f.name}: checkpoint {getattr(cfg, f.name)!r} != {getattr(want, f.name)!r}"
              for f in dataclasses.fields(cfg) if f.name not in _NON_ARCH
              and getattr(cfg, f.name) != getattr(want, f.name)]
     if diffs:

@@ -88,14 +88,15 @@ def clip_config(hf: dict, where: str) -> BackboneConfig:
                                   f"or layer_norm_eps are not supported")
         vocab = int(text.get("vocab_size", 49408))
         eos = int(text.get("eos_token_id", 49407))
-        if eos == 2:      # pre-#24773 configs: HF pools at argmax(id), i.e. the largest id (EOT)
-            eos = vocab - 1
+        bos = int(text.get("bos_token_id", 49406))
+        if eos == 2:      # pre-#24773 configs (bos 0, eos 2): HF pools at argmax(id), i.e. the
+            eos, bos = vocab - 1, vocab - 2   # largest id, which is EOT in CLIP's vocabulary
         fields.update(text_width=int(text.get("hidden_size", 512)),
                       text_depth=int(text.get("num_hidden_layers", 12)),
                       text_heads=int(text.get("num_attention_heads", 8)),
                       text_mlp_dim=int(text.get("intermediate_size", 2048)), vocab_size=vocab,
                       context_length=int(text.get("max_position_embeddings", 77)),
-                      eot_token_id=eos, sot_token_id=int(text.get("bos_token_id", 49406)))
+                      eot_token_id=eos, sot_token_id=bos)
     return BackboneConfig(**fields)
 
 

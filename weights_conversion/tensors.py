@@ -93,7 +93,11 @@ def read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
     import torch
 
     if _is_torchscript(path):
-        module = torch.jit.load(str(path), map_location="cpu")
+        import warnings
+
+        with warnings.catch_warnings():   # torch 2.13 deprecates TorchScript; OpenAI ships it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
         state = module.state_dict()
     else:
         try:

@@ -14,23 +14,32 @@ from weights_conversion.tensors import read_weights_file
 from zsad_jax.backbones.config import BackboneConfig
 
 
-def hf_clip_config(cfg: BackboneConfig):
-    """A transformers CLIPConfig (or CLIPVisionConfig) with `cfg`'s architecture."""
+def _hf_vision_fields(cfg: BackboneConfig) -> dict:
+    return dict(hidden_size=cfg.width, intermediate_size=cfg.mlp_dim,
+                num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
+                image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_act=cfg.act,
+                layer_norm_eps=cfg.layer_norm_eps)
+
+
+def hf_clip_vision_config(cfg: BackboneConfig):
+    """A transformers CLIPVisionConfig with `cfg`'s vision architecture (and projection size)."""
     import transformers
 
-    act = cfg.act
-    vision = dict(hidden_size=cfg.width, intermediate_size=cfg.mlp_dim,
-                  num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
-                  image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_act=act,
-                  layer_norm_eps=cfg.layer_norm_eps)
+    return transformers.CLIPVisionConfig(projection_dim=cfg.embed_dim, **_hf_vision_fields(cfg))
+
+
+def hf_clip_config(cfg: BackboneConfig):
+    """A transformers CLIPConfig (or CLIPVisionConfig without text) with `cfg`'s architecture."""
+    import transformers
+
     if not cfg.has_text:
-        return transformers.CLIPVisionConfig(projection_dim=cfg.embed_dim, **vision)
+        return hf_clip_vision_config(cfg)
     text = dict(hidden_size=cfg.text_width, intermediate_size=cfg.text_mlp_dim,
                 num_hidden_layers=cfg.text_depth, num_attention_heads=cfg.text_heads,
                 vocab_size=cfg.vocab_size, max_position_embeddings=cfg.context_length,
-                hidden_act=act, layer_norm_eps=cfg.layer_norm_eps,
+                hidden_act=cfg.act, layer_norm_eps=cfg.layer_norm_eps,
                 eos_token_id=cfg.eot_token_id, bos_token_id=cfg.sot_token_id, pad_token_id=0)
-    return transformers.CLIPConfig(text_config=text, vision_config=vision,
+    return transformers.CLIPConfig(text_config=text, vision_config=_hf_vision_fields(cfg),
                                    projection_dim=cfg.embed_dim)
 
 

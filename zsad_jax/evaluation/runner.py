@@ -160,7 +160,7 @@ def evaluate_records(method, params, records: Sequence, config, out_dir, dataset
 
         bar = tqdm(total=len(records), desc=f"eval {dataset_name}", unit="img", dynamic_ncols=True)
     for k, host_batch in enumerate(batches):
-        device_batch = data.make_global_batch(host_batch, mesh)
+        device_batch = data.make_global_batch(method.prepare_batch(host_batch), mesh)
         maps, scores = infer(params, device_batch)
         maps, scores = inference.to_host(maps), inference.to_host(scores)
         masks = inference.to_host(device_batch["masks"]) > 0.5 if ev.resolution == "input" else None

@@ -124,9 +124,13 @@ class SGNet(Method):
             model, bb_params = backbones.load(bb.weights, dtype=self.dtype,
                                               pos_interpolation=bb.pos_interpolation,
                                               remat=self.config.train.remat)
-            if model.cfg != self.arch:
-                raise ValueError(f"{bb.weights}: converted architecture differs from "
-                                 f"config.backbones.{VIEW}.arch={bb.arch!r}")
+            fields = ("patch_size", "width", "depth", "embed_dim", "text_width", "text_depth",
+                      "vocab_size", "context_length", "eot_token_id")
+            differ = [f"{f}: {getattr(model.cfg, f)} != {getattr(self.arch, f)}" for f in fields
+                      if getattr(model.cfg, f) != getattr(self.arch, f)]
+            if differ:
+                raise ValueError(f"{bb.weights}: the converted architecture is not "
+                                 f"config.backbones.{VIEW}.arch={bb.arch!r} ({'; '.join(differ)})")
         else:
             bb_params = jax.jit(lambda r: backbones.init_params(self.backbone, r, bb.image_size))(rng_bb)
         return {"backbone": bb_params, **jax.jit(self._init_trainable)(rng_head, rng_prompt, bb_params)}

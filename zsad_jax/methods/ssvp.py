@@ -18,9 +18,10 @@ Parameters: {"clip": frozen, "dino": frozen, "ssvp": trainable}; the prompt embe
 [CLASS] (eq. 6): `prepare_batch` turns the host key `class_name` into token ids on the host:
 batch["text"] = {"ids": (B, C) int32 [<sot>, C_ctx placeholders, words of the class name ('_' -> ' ')
 + ".", <eot>, 0 ...], "eot": (B,) int32 position of <eot>}; the placeholders' embeddings are
-replaced by the learned [V]_bg, [V]_state inside the compiled step. With `model.class_words =
-"object"` every image gets the word "object" (object-agnostic prompts) and the text tower runs once
-per batch instead of once per image (its token ids are constants; `text` is then not needed).
+replaced by the learned [V]_bg, [V]_state inside the compiled step. An empty class name (e.g.
+`predict` on loose images) gets the word "object". With `model.class_words = "object"` every image
+gets "object" (object-agnostic prompts): the token ids are constants (`text` is not needed) and the
+text tower runs once per batch instead of once per image.
 
 Reading choices (the paper is silent or ambiguous; alternatives are config options):
 * D_c = 768 is CLIP ViT-L/14's joint embedding size: CLIP tokens are mapped with CLIP's frozen
@@ -293,7 +294,7 @@ class SSVP(Method):
         eot = np.zeros((len(class_names),), np.int32)
         cache: dict[str, list[int]] = {}
         for i, name in enumerate(class_names):
-            words = "object" if m.class_words == "object" else _class_words(name)
+            words = "object" if m.class_words == "object" else (_class_words(name) or "object")
             if words not in cache:
                 cache[words] = self._encode_words(words + ".")
             row = [c.sot_token_id] + [0] * n_ctx + cache[words] + [c.eot_token_id]
@@ -412,6 +413,11 @@ class SSVP(Method):
         return jax.image.resize(maps, (*maps.shape[:-2], size, size), "bilinear")
 
     def loss(self, params, batch, rng):
+        total, terms, _ = self.loss_and_outputs(params, batch, rng)
+        return total, terms
+
+    def loss_and_outputs(self, params, batch, rng):
+        """(L_total, {term: scalar}, `forward` outputs) (eqs. 20-22)."""
         cl = self.config.loss
         out = self.forward(params, batch, rng)
         if cl.seg_maps == "layers":
@@ -429,7 +435,7 @@ class SSVP(Method):
         else:
             vae = reg = jnp.zeros(())
         total = ssvp_losses.total_loss(seg, cls, vae, reg, cl.lambda1, cl.lambda2)          # eq. 22
-        return total, terms
+        return total, terms, out
 
     def anomaly_outputs(self, params, batch):
         out = self.forward(params, batch, None)

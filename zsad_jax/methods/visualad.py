@@ -164,14 +164,17 @@ class VisualAD(Method):
         from zsad_jax import backbones
 
         bb_rng, head_rng = jax.random.split(rng)
+        size = self._view.size
         if self.bb_config.weights:
             _, bb_params = backbones.load(self.bb_config.weights, dtype=self.dtype,
                                           pos_interpolation=self.bb_config.pos_interpolation)
-        else:
-            bb_params = jax.jit(lambda r: backbones.init_params(
-                self.backbone, r, image_size=self._view.size))(bb_rng)
+            bb_params = {k: v for k, v in bb_params.items() if k != "text"}   # language-free
+        else:   # only what encode_image uses (no text tower)
+            bb_params = jax.jit(lambda r: self.backbone.init(
+                r, jnp.zeros((1, size, size, 3), jnp.float32), method="encode_image"))(bb_rng)
+            bb_params = bb_params["params"]
         d = self.arch.width
-        n = (self._view.size // self.arch.patch_size) ** 2
+        n = (size // self.arch.patch_size) ** 2
         dummy_tok = jnp.zeros((1, d), jnp.float32)
         head = jax.jit(lambda r: self.head.init(
             r, dummy_tok, dummy_tok, [jnp.zeros((1, n, d), jnp.float32)] * len(self.layers)))(head_rng)
@@ -214,7 +217,8 @@ class VisualAD(Method):
         normed = [self._final_norm(params["backbone"], x) for x in out.layers]
         patches = [normed[i][:, out.num_prefix:] for i in range(len(self.layers))]
         if self.config.model.token_source == "last":       # release: last block's tokens
-            t_a, t_n = normed[-1][:, 0], normed[-1][:, 1]                          # (B, D)
+            last = normed[self.taps.index(self.arch.depth)]
+            t_a, t_n = last[:, 0], last[:, 1]                                      # (B, D)
         else:                                                # each tapped layer's own tokens
             t_a = jnp.stack([normed[i][:, 0] for i in range(len(self.layers))])   # (L, B, D)
             t_n = jnp.stack([normed[i][:, 1] for i in range(len(self.layers))])

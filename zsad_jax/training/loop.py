@@ -94,11 +94,13 @@ def _dataset_error() -> type[Exception]:
 
 
 def _dummy_batch(method, batch_size: int) -> dict:
-    """Zero arrays in the batch layout (for shapes only)."""
-    return {"images": {name: np.zeros((batch_size, v.size, v.size, 3), np.float32)
-                       for name, v in method.views.items()},
-            "masks": np.zeros((batch_size, method.mask_size, method.mask_size), np.float32),
-            "labels": np.zeros((batch_size,), np.int32)}
+    """Zero arrays in the batch layout (for shapes only), through `method.prepare_batch`."""
+    return method.prepare_batch({
+        "images": {name: np.zeros((batch_size, v.size, v.size, 3), np.float32)
+                   for name, v in method.views.items()},
+        "masks": np.zeros((batch_size, method.mask_size, method.mask_size), np.float32),
+        "labels": np.zeros((batch_size,), np.int32),
+        "class_name": np.array(["object"] * batch_size)})
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -254,6 +256,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                 ckpts.save(step, state, loader.get_state(), {**meta, "step": step})
             if eval_sets and int(config.train.eval_every) >= 0 and (step % eval_every == 0
                                                                      or final):
+                _check_finite(state, loss_terms, ckpts)
                 eval_metrics = _evaluate(method, config, state, frozen, layout, eval_sets,
                                          workdir, step, final, mesh, progress)
                 score = _best_score(eval_metrics, config.train.best_metric)

@@ -89,7 +89,7 @@ def make_train_step(method, layout: ParamLayout, tx: optax.GradientTransformatio
             nonfinite_terms=jnp.where(first_bad, ~finite, state["nonfinite_terms"]),
         )
         metrics = {"loss": loss, **{name: terms[name] for name in loss_terms},
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
         return new_state, metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,198 @@
+"""Speed of the compiled train step, with and without the frozen-feature cache.
+
+    # CPU: the compiled step alone, and whole epochs through the loop (data pipeline included)
+    python experiments/benchmarks/train_step.py --config sgnet.py:demo --mode both
+    # accelerator: the real methods at paper size, random weights, bf16 compute
+    python experiments/benchmarks/train_step.py --config sgnet.py --config ssvp.py \
+        --config visualad.py --paper --compute_dtype bfloat16 --mode step
+
+`--mode step`: seconds per compiled step on a fixed device batch (no input pipeline): the full
+step (backbone forward + trainable part + update) and, for methods with
+`supports_feature_cache`, the step from cached features plus the one-off feature extraction per
+batch. `--mode epoch`: `zsad_jax.training.loop.train` on the synthetic protocol for `--epochs`
+epochs with `feature_cache` off and on; per-epoch wall time after the first epoch from the
+per-step timestamps of metrics.jsonl (cache build time reported separately).
+`--paper`: the config's own backbones with random init (`weights=""`), no files needed.
+Prints one markdown table row per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+
+def _config(spec: str, paper: bool, overrides: list[str], compute_dtype: str):
+    from zsad_jax import config_lib
+
+    config = config_lib.load_config(spec, overrides)
+    config.train.compute_dtype = compute_dtype
+    if paper:
+        for bb in config.backbones.values():
+            bb.weights = ""
+    return config
+
+
+def _batch(method, batch_size: int, rng: np.random.Generator) -> dict:
+    m = method.mask_size
+    masks = np.zeros((batch_size, m, m), np.float32)
+    masks[batch_size // 2:, m // 4: m // 2, m // 3: m // 2] = 1.0
+    return {"images": {name: rng.standard_normal((batch_size, v.size, v.size, 3), np.float32)
+                       for name, v in method.views.items()},
+            "masks": masks,
+            "labels": (np.arange(batch_size) >= batch_size // 2).astype(np.int32)}
+
+
+def _time(fn, iters: int) -> tuple[float, float]:
+    """(first call incl. compile, mean of `iters` later calls) in seconds."""
+    import jax
+
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    jax.block_until_ready(fn())
+    start = time.perf_counter()
+    for _ in range(iters):
+        out = fn()
+    jax.block_until_ready(out)
+    return first, (time.perf_counter() - start) / iters
+
+
+def bench_step(spec: str, config, iters: int) -> list[dict]:
+    import jax
+
+    from zsad_jax import methods
+    from zsad_jax.training import optimizer, sharding, state, step
+
+    method = methods.build(config)
+    mesh = sharding.make_mesh()
+    params = method.init(jax.random.PRNGKey(0))
+    trainable, frozen, layout = state.split_params(params, method.trainable_mask(params))
+    del params
+    frozen = sharding.replicate(frozen, mesh)
+    trainable = sharding.replicate(trainable, mesh)
+    tx, _ = optimizer.make_optimizer(config.optim, layout.trainable_paths, 1000)
+    batch_size = int(config.data.batch_size)
+    host = _batch(method, batch_size, np.random.default_rng(0))
+    batch = sharding.shard_batch(host, mesh)
+    rows = []
+
+    def run(from_features, device_batch, feature_dtypes=None):
+        terms = step.loss_term_names(method, layout, from_features, trainable, frozen,
+                                     device_batch)
+        st = jax.jit(lambda t: state.init_state(t, tx, jax.random.PRNGKey(1), terms),
+                     out_shardings=sharding.replicated(mesh))(trainable)
+        fn = step.make_train_step(method, layout, tx, terms, mesh, from_features, feature_dtypes)
+        holder = {"state": st}
+
+        def call():
+            holder["state"], metrics = fn(holder["state"], frozen, device_batch)
+            return metrics["loss"]
+
+        return _time(call, iters)
+
+    first, per = run(False, batch)
+    rows.append(dict(config=spec, what="full step", batch=batch_size, compile_s=first,
+                     step_s=per, images_per_s=batch_size / per))
+    if method.supports_feature_cache:
+        feature_fn = step.make_feature_fn(method, layout, mesh)
+        f_first, f_per = _time(lambda: feature_fn(trainable, frozen, batch), iters)
+        rows.append(dict(config=spec, what="feature extraction (cache build, per batch)",
+                         batch=batch_size, compile_s=f_first, step_s=f_per,
+                         images_per_s=batch_size / f_per))
+        features = feature_fn(trainable, frozen, batch)
+        dtypes = tuple(x.dtype for x in jax.tree_util.tree_leaves(features))
+        cached = {"features": jax.tree_util.tree_map(lambda x: x.astype("bfloat16"), features),
+                  "masks": batch["masks"], "labels": batch["labels"]}
+        c_first, c_per = run(True, cached, dtypes)
+        rows.append(dict(config=spec, what="step from cached features", batch=batch_size,
+                         compile_s=c_first, step_s=c_per, images_per_s=batch_size / c_per,
+                         speedup=per / c_per))
+    return rows
+
+
+def bench_epochs(spec: str, config, epochs: int) -> list[dict]:
+    import logging
+
+    from zsad_jax.training import loop
+
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    rows, per_epoch = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for cache in (False, True):
+            config.train.feature_cache = cache
+            config.train.epochs = epochs
+            config.train.num_steps = 0
+            config.train.eval_every = -1
+            config.train.log_every = 1
+            config.train.cache_dir = str(pathlib.Path(tmp) / "cache")
+            workdir = pathlib.Path(tmp) / f"run_cache{int(cache)}"
+            start = time.perf_counter()
+            result = loop.train(config, workdir, progress=False)
+            total = time.perf_counter() - start
+            stamps = [json.loads(line)["time"] for line in
+                      (workdir / "metrics.jsonl").read_text().splitlines()]
+            spe = result.total_steps // epochs
+            ends = [stamps[(e + 1) * spe - 1] for e in range(epochs)]
+            later = float(np.mean(np.diff(ends)))
+            per_epoch[cache] = later
+            rows.append(dict(config=spec, what=f"epoch (loop, cache={'on' if cache else 'off'})",
+                             batch=int(config.data.batch_size), steps_per_epoch=spe,
+                             total_s=total, epoch_s=later,
+                             speedup=(per_epoch[False] / later) if cache else None))
+    return rows
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", action="append", required=True,
+                        help="config spec (repeatable), e.g. sgnet.py:demo")
+    parser.add_argument("--override", action="append", default=[],
+                        help="config override key=value (repeatable), applied to every config")
+    parser.add_argument("--paper", action="store_true",
+                        help="random-init the configs' own (paper-size) backbones")
+    parser.add_argument("--compute_dtype", default="float32",
+                        choices=("float32", "bfloat16"))
+    parser.add_argument("--mode", default="step", choices=("step", "epoch", "both"))
+    parser.add_argument("--iters", type=int, default=10, help="timed steps (step mode)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs (epoch mode), >= 2")
+    parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+
+    import jax
+
+    print(f"# {platform.node()} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
+          f"jax {jax.__version__} | compute {args.compute_dtype}")
+    rows = []
+    for spec in args.config:
+        config = _config(spec, args.paper, args.override, args.compute_dtype)
+        if args.mode in ("step", "both"):
+            rows += bench_step(spec, config, args.iters)
+        if args.mode in ("epoch", "both"):
+            rows += bench_epochs(spec, config, args.epochs)
+    keys = ["config", "what", "batch", "compile_s", "step_s", "images_per_s", "steps_per_epoch",
+            "total_s", "epoch_s", "speedup"]
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
