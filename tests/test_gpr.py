@@ -153,9 +153,11 @@ def _inputs(seed=0, p=12, c=8, n=5):
 @pytest.mark.parametrize("options", OPTION_SETS,
                          ids=lambda o: f"{o.w2}-{o.equilibrium_energy}-{o.responsibility}")
 def test_gpr_zero_when_modalities_coincide_symmetric_finite_gradients(options):
+    # Two visual tokens, so the three calls below share one compiled program (other token counts:
+    # the linear-program and batch tests).
     loss_and_grads = jax.jit(jax.value_and_grad(lambda *a: gpr.gpr_loss(*a, options), argnums=(0, 1, 2),
                                                 has_aux=True))
-    f_v, f_t, g = _inputs()
+    f_v, f_t, g = _inputs(p=2)
     (total, terms), grads = loss_and_grads(f_t, f_t, g)
     # 0 up to fp32 rounding of the compiled program (losses are O(0.1) elsewhere).
     assert abs(float(total)) < 1e-6 and abs(float(terms["att"])) < 1e-6 and abs(float(terms["equ"])) < 1e-6
@@ -163,16 +165,17 @@ def test_gpr_zero_when_modalities_coincide_symmetric_finite_gradients(options):
     (total, terms), grads = loss_and_grads(f_v, f_t, g)
     assert float(terms["att"]) > 0 and float(terms["equ"]) > 0
     assert all(np.isfinite(np.asarray(gr)).all() and np.abs(np.asarray(gr)).sum() > 0 for gr in grads)
-    swapped, _ = gpr.gpr_loss(f_t, f_v, g, options)          # every term is symmetric in v / t
+    (swapped, _), _ = loss_and_grads(f_t, f_v, g)             # every term is symmetric in v / t
     np.testing.assert_allclose(swapped, total, rtol=1e-5)
 
 
 def test_gpr_invariant_to_feature_scale_when_normalized_and_not_otherwise():
     f_v, f_t, g = _inputs(1)
-    base = gpr.gpr_loss(f_v, f_t, g)[0]
-    np.testing.assert_allclose(gpr.gpr_loss(4 * f_v, 4 * f_t, 0.5 * g)[0], base, rtol=1e-5)
+    loss = jax.jit(lambda *a: gpr.gpr_loss(*a)[0], static_argnums=3)
+    base = loss(f_v, f_t, g, gpr.GPROptions())
+    np.testing.assert_allclose(loss(4 * f_v, 4 * f_t, 0.5 * g, gpr.GPROptions()), base, rtol=1e-5)
     raw = gpr.GPROptions(normalize=False)
-    assert not np.isclose(gpr.gpr_loss(4 * f_v, 4 * f_t, 4 * g, raw)[0], gpr.gpr_loss(f_v, f_t, g, raw)[0])
+    assert not np.isclose(loss(4 * f_v, 4 * f_t, 4 * g, raw), loss(f_v, f_t, g, raw))
 
 
 def test_gpr_formula_with_one_graviton_hand_assembled():

@@ -280,6 +280,14 @@ def test_realistic_maps_against_references():
         skm.average_precision_score(masks.ravel(), maps.ravel()), abs=1e-9)
     assert out["pixel_aupro"] == pytest.approx(direct_aupro(maps, masks), abs=1e-6)
     assert out["image_auroc"] == 1.0
+    # aupro() sorts only the pixels above the FPR-limit threshold: same value as the full sort.
+    from zsad_jax.metrics import pro
+
+    keys, _, _ = pro.sorted_pixels(maps, masks, top_fpr=0.3)
+    assert keys.shape[0] < maps.size
+    for limit in (0.3, 0.01, 1.0):
+        assert metrics.aupro(maps, masks, limit) == pytest.approx(
+            pro.pixel_metrics(maps, masks, limit)["aupro"], abs=1e-12)
 
 
 def test_jax_arrays_are_accepted():

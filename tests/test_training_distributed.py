@@ -1,4 +1,5 @@
-"""Data parallelism: 1 device == 8 simulated CPU devices == 2 `jax.distributed` processes.
+"""Data parallelism: 1 device == 8 simulated CPU devices == 2 `jax.distributed` processes
+(the latter with and without the feature cache).
 
 The 8-device and 2-process runs are subprocesses of this file (`python THIS_FILE WORKER ...`);
 the 2-process run is the pod path (coordinator, per-process input shards, cross-process
@@ -19,8 +20,8 @@ THIS = pathlib.Path(__file__).resolve()
 STEPS = 4
 
 
-def worker(workdir: str, synthetic_root: str, coordinator: str = "", num_processes: int = 0,
-           process_id: int = -1) -> None:
+def worker(workdir: str, synthetic_root: str, feature_cache: str, coordinator: str = "",
+           num_processes: int = 0, process_id: int = -1) -> None:
     """Trains the reference method STEPS steps; process 0 writes the params to workdir/params.npz."""
     from zsad_jax.training import sharding
 
@@ -33,7 +34,8 @@ def worker(workdir: str, synthetic_root: str, coordinator: str = "", num_process
     config = config_lib.load_config("linear_probe.py:demo", {
         "data.roots.synthetic": synthetic_root, "train.num_steps": STEPS,
         "train.ckpt_every": 2, "train.eval_every": -1, "data.batch_size": 8,
-        "optim.accum_steps": 2, "optim.grad_clip_norm": 1.0})
+        "optim.accum_steps": 2, "optim.grad_clip_norm": 1.0,
+        "train.feature_cache": feature_cache == "cache"})
     result = loop.train(config, workdir, progress=False)
     assert result.step == STEPS
     if jax.process_index() == 0:
@@ -68,9 +70,17 @@ def synthetic_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single_device(tmp_path_factory, synthetic_root):
-    workdir = tmp_path_factory.mktemp("one_device")
-    _finish(_spawn([workdir, synthetic_root], devices=1))
-    return dict(np.load(workdir / "params.npz"))
+    """mode ("images" | "cache") -> params of the 1-process, 1-device run (computed once)."""
+    results = {}
+
+    def get(mode):
+        if mode not in results:
+            workdir = tmp_path_factory.mktemp(f"one_device_{mode}")
+            _finish(_spawn([workdir, synthetic_root, mode], devices=1))
+            results[mode] = dict(np.load(workdir / "params.npz"))
+        return dict(results[mode])
+
+    return get
 
 
 def _assert_same_params(reference, other, device_count, process_count):
@@ -84,21 +94,23 @@ def _assert_same_params(reference, other, device_count, process_count):
 
 
 def test_eight_simulated_devices_match_one(tmp_path, synthetic_root, single_device):
-    _finish(_spawn([tmp_path, synthetic_root], devices=8))
-    _assert_same_params(single_device, dict(np.load(tmp_path / "params.npz")), 8, 1)
+    _finish(_spawn([tmp_path, synthetic_root, "images"], devices=8))
+    _assert_same_params(single_device("images"), dict(np.load(tmp_path / "params.npz")), 8, 1)
 
 
-def test_two_processes_match_one(tmp_path, synthetic_root, single_device):
+@pytest.mark.parametrize("mode", ["images", "cache"])
+def test_two_processes_match_one(tmp_path, synthetic_root, single_device, mode):
     coordinator = f"localhost:{_free_port()}"
-    procs = [_spawn([tmp_path, synthetic_root, coordinator, 2, pid], devices=1) for pid in (0, 1)]
+    procs = [_spawn([tmp_path, synthetic_root, mode, coordinator, 2, pid], devices=1)
+             for pid in (0, 1)]
     for proc in procs:
         _finish(proc)
-    _assert_same_params(single_device, dict(np.load(tmp_path / "params.npz")), 2, 2)
+    _assert_same_params(single_device(mode), dict(np.load(tmp_path / "params.npz")), 2, 2)
     # one shared run directory: both processes wrote one checkpoint series
     steps = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == ["2", "4"]
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1], sys.argv[2], *(sys.argv[3:4]),
-           *(int(a) for a in sys.argv[4:6]))
+    worker(sys.argv[1], sys.argv[2], sys.argv[3], *(sys.argv[4:5]),
+           *(int(a) for a in sys.argv[5:7]))

@@ -55,7 +55,8 @@ def test_cli_trains_reference_method_and_lifts_heldout_pixel_auroc(tmp_path, syn
     assert (workdir / "eval" / "step_50" / "synthetic" / "metrics.json").exists()
     assert list((workdir / "eval" / "synthetic" / "heatmaps").rglob("*.png"))
     assert list((workdir / "tb").glob("events.out.tfevents.*"))
-    assert (workdir / "checkpoints" / "100").is_dir()
+    kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(kept) == 3 and kept[-1] == 100            # one per epoch end, keep=3
     # load_run: best = the better of the two evaluations; its params reproduce its metric.
     config, method, params = checkpoint.load_run(workdir, "best")
     assert config.train.num_steps == 100 and config.model.context_deviation is True
@@ -181,3 +182,30 @@ def test_feature_cache_is_reused_only_for_the_same_key(tmp_path, synthetic_root)
                                                "train.cache_dir": str(cache_dir), "seed": 1})
     loop.train(reseeded, tmp_path / "c", progress=False)  # other frozen weights: other cache
     assert len([p for p in cache_dir.iterdir() if not p.name.startswith(".")]) == 2
+
+
+# ---- method-specific batch keys reach the loss --------------------------------------------
+@pytest.mark.parametrize("feature_cache", [False, True])
+def test_keys_added_by_prepare_batch_reach_the_loss(tmp_path, synthetic_root, monkeypatch,
+                                                    feature_cache):
+    from zsad_jax import methods
+    from zsad_jax.methods.linear_probe import LinearProbe
+
+    seen = []
+
+    class ProbeWithClassIds(LinearProbe):
+        def prepare_batch(self, batch):
+            out = super().prepare_batch(batch)
+            out["class_id"] = np.asarray([len(c) for c in batch["class_name"]], np.int32)
+            return out
+
+        def loss_from_features(self, params, features, batch, rng):
+            seen.append(batch["class_id"].shape)                    # traced once per compile
+            loss, terms = super().loss_from_features(params, features, batch, rng)
+            return loss + 0.0 * batch["class_id"].sum(), terms
+
+    monkeypatch.setattr(methods, "build", lambda config: ProbeWithClassIds(config))
+    config = probe_config(synthetic_root, **{"train.num_steps": 2,
+                                             "train.feature_cache": feature_cache})
+    assert loop.train(config, tmp_path, progress=False).step == 2
+    assert seen and all(shape == (8,) for shape in seen)

@@ -169,7 +169,7 @@ def _tree_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.save` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.(save|script)` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("torchscript", [False, True])
 def test_openai_state_dict_equals_hf_route(tmp_path, torchscript):
     model = _openai_clip_model()

@@ -32,6 +32,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", 0, "Number of processes of a multi-process run (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", -1, "This process's index in [0, num_processes) (with --coordinator_address).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() with auto-detection even when no "
+    "pod/SLURM/MPI variable is seen (e.g. a TPU VM pod whose workers lack TPU_WORKER_HOSTNAMES).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show the progress bar (loss, images/s, ETA).")
 
 flags.mark_flag_as_required("config")
@@ -53,7 +56,8 @@ def main(argv) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from zsad_jax.training import sharding
 
-    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                    force=_DISTRIBUTED.value)
     from zsad_jax.training import checkpoint, loop
 
     config = _CONFIG.value

@@ -11,9 +11,9 @@ Three timings, all in this run on the same data:
 2. a scikit-learn + scipy reference: roc_auc_score, average_precision_score,
    precision_recall_curve (F1-max) on images and pixels, and AUPRO as the official MVTec code
    computes it (argsort of all pixels, scipy 8-connected labels, cumulative sums);
-3. a 200-threshold PRO loop of the kind the reference repos use (threshold grid, re-label every
-   mask at every threshold), on a subset of `--loop_images` images, compared with zsad_jax's
-   AUPRO on the same subset (its value differs: it is an approximation).
+3. a 200-threshold PRO loop as the reference repos run it (threshold grid, re-label every mask
+   at every threshold), on the first class (or `--loop_images` of its images), compared with
+   zsad_jax's AUPRO on the same maps (its value differs: it is an approximation).
 
 Prints a markdown report (append it to docs/benchmarks.md) and the largest |difference| between
 zsad_jax and the reference over all classes and metrics.
@@ -103,28 +103,33 @@ def reference_metrics(scores, labels, maps, masks, fpr_limit=0.3):
 
 
 def threshold_loop_pro(maps, masks, num_thresholds=200, fpr_limit=0.3):
-    """The slow approximation: a grid of thresholds; at each, re-label every mask, per-region
-    overlap, FPR over normal pixels; keep FPR < limit, rescale FPR to [0, 1], trapezoid."""
+    """The slow approximation as the reference repos run it (AnomalyCLIP's `cal_pro_score`,
+    after cflow-ad): a grid of thresholds over [min, max); at each, binarize every map in place,
+    re-label every mask and take each region's overlap from its pixel coordinates, recompute the
+    inverse masks and the FPR over them; keep FPR < limit, min-max rescale the kept FPRs, AUC."""
     from skimage import measure
     from sklearn.metrics import auc
 
+    masks = masks.astype(np.float32)            # the reference receives float masks
+    binary = np.zeros_like(maps, dtype=bool)
     lo, hi = float(maps.min()), float(maps.max())
-    step = (hi - lo) / num_thresholds
     pros, fprs = [], []
-    inverse_masks = ~masks
-    for threshold in np.arange(lo, hi, step):
-        binary = maps > threshold
+    for threshold in np.arange(lo, hi, (hi - lo) / num_thresholds):
+        binary[maps <= threshold] = False
+        binary[maps > threshold] = True
         region_overlaps = []
         for binary_map, mask in zip(binary, masks, strict=True):
             for region in measure.regionprops(measure.label(mask)):
                 rows, cols = region.coords[:, 0], region.coords[:, 1]
                 region_overlaps.append(binary_map[rows, cols].sum() / region.area)
-        pros.append(np.mean(region_overlaps))
+        inverse_masks = 1 - masks
         fprs.append(np.logical_and(inverse_masks, binary).sum() / inverse_masks.sum())
+        pros.append(np.mean(region_overlaps))
     fprs, pros = np.array(fprs), np.array(pros)
     keep = fprs < fpr_limit
-    fprs = fprs[keep] / max(fprs[keep].max(), 1e-12)
-    return float(auc(fprs, pros[keep]))
+    kept = fprs[keep]
+    kept = (kept - kept.min()) / max(kept.max() - kept.min(), 1e-12)
+    return float(auc(kept, pros[keep]))
 
 
 class Timer:
@@ -151,8 +156,9 @@ def main():
     parser.add_argument("--size", type=int, default=518, help="map side in pixels")
     parser.add_argument("--classes", type=int, default=15, help="how many MVTec classes")
     parser.add_argument("--no_reference", action="store_true", help="skip sklearn + scipy")
-    parser.add_argument("--loop_images", type=int, default=20,
-                        help="images (of the first class) for the 200-threshold PRO loop")
+    parser.add_argument("--loop_images", type=int, default=0,
+                        help="images of the first class for the 200-threshold PRO loop "
+                             "(0 = the whole class)")
     args = parser.parse_args()
 
     names = list(MVTEC_TEST)[:args.classes]
@@ -178,7 +184,8 @@ def main():
     mean = metrics.mean_over_classes(per_class_ours)
 
     maps, masks, _, _ = synthetic_class(*MVTEC_TEST[names[0]], args.size, 0)
-    maps, masks = maps[:args.loop_images], masks[:args.loop_images]
+    if args.loop_images > 0:
+        maps, masks = maps[:args.loop_images], masks[:args.loop_images]
     exact_timer, loop_timer = Timer(), Timer()
     with exact_timer:
         exact = metrics.aupro(maps, masks)

@@ -172,10 +172,14 @@ def w2_two_point_discrete(x: jax.Array, a: jax.Array, y: jax.Array, b: jax.Array
 
 
 def weighted_moments(x: jax.Array, a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """x (P, C), a (P,) -> weighted mean (C,) and per-channel variance (C,)."""
+    """x (P, C), a (P,) -> weighted mean (C,) and per-channel variance (C,).
+
+    The variance is E[x^2] - E[x]^2 (clamped at 0): vmapped over gravitons this is two matmuls
+    with the shared x and x^2 instead of an (N, P, C) array of deviations.
+    """
     a = _normalized(a)
     mean = a @ x
-    return mean, a @ (x - mean) ** 2
+    return mean, jnp.maximum(a @ (x * x) - mean * mean, 0.0)
 
 
 def w2_diag_gaussian(mean1: jax.Array, var1: jax.Array, mean2: jax.Array, var2: jax.Array) -> jax.Array:

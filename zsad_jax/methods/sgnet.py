@@ -8,8 +8,9 @@
 
 Parameters: {"backbone": frozen CLIP, "head": SGNetHead, "prompts": PromptLearner}; trainable:
 `head/` and `prompts/`. The vision features are frozen (`frozen_features`), so the feature cache
-works; the text tower runs inside the loss (the prompt context is learned through it; its weights
-get no gradient).
+works (it holds the tapped layers and the pooled embedding; GPR's joint-space patch tokens are
+recomputed from the taps by CLIP's ln_post + proj); the text tower runs inside the loss (the
+prompt context is learned through it; its weights get no gradient).
 
 Interpretations of the summary's open details (the sentence, then the reading; config keys pick
 the alternatives; the GIN's are in sgnet_modules.py and GPR's in losses/gpr.py):
@@ -113,10 +114,6 @@ class SGNet(Method):
         g = self.config.gpr
         return bool((g.attraction or g.equilibrium) and g.lambda_grav > 0)
 
-    @property
-    def _needs_clip_tokens(self) -> bool:
-        return self.uses_gpr and self.config.gpr.visual_tokens == "clip"
-
     def init(self, rng):
         bb = self.config.backbones[VIEW]
         rng_bb, rng_head, rng_prompt = jax.random.split(rng, 3)
@@ -160,19 +157,17 @@ class SGNet(Method):
 
     # ---- frozen part -----------------------------------------------------------------------
     def frozen_features(self, params, batch):
-        """{"taps": K x (B, P, D), "pooled": (B, C_l)[, "clip_tokens": K x (B, P, C_l)]}, no gradient."""
+        """{"taps": tapped layers' patch tokens, K x (B, P, D); "pooled": (B, C_l)}, no gradient."""
         bb = jax.lax.stop_gradient(params["backbone"])
         out = self.backbone.apply({"params": bb}, batch["images"][VIEW], layers=self.layers,
                                   method="encode_image")
         taps = tuple(out.patch_tokens(i) for i in range(len(self.layers)))
-        features = {"taps": taps, "pooled": out.pooled}
-        if self._needs_clip_tokens:
-            features["clip_tokens"] = tuple(
-                self.backbone.apply({"params": bb}, t, method="project_image_tokens") for t in taps)
-        return jax.lax.stop_gradient(features)
+        return jax.lax.stop_gradient({"taps": taps, "pooled": out.pooled})
 
-    def feature_cache_key(self):
-        return {**super().feature_cache_key(), "clip_tokens": self._needs_clip_tokens}
+    def clip_tokens(self, params, tap):
+        """Patch tokens (B, P, D) -> CLIP's joint space (B, P, C_l) by the frozen ln_post + proj."""
+        bb = jax.lax.stop_gradient(params["backbone"])
+        return self.backbone.apply({"params": bb}, tap, method="project_image_tokens")
 
     # ---- text ------------------------------------------------------------------------------
     @functools.cache  # noqa: B019  (one method object per config; the ids are constants)
@@ -246,14 +241,16 @@ class SGNet(Method):
         anomaly_map = jax.nn.sigmoid(self._mask_logits(patch_logits))
         return anomaly_map, jax.nn.sigmoid(self._image_logit(params, patch_logits, features, text))
 
-    def gpr_terms(self, features, text, stage_gravitons, stage_tokens):
+    def gpr_terms(self, params, features, text, stage_gravitons, stage_tokens):
         """L_grav and its terms averaged over the GPR stages (`gpr.stages`)."""
         k = len(stage_gravitons)
         stages = range(k) if self.config.gpr.stages == "all" else (k - 1,)
+        taps = features["taps"]
         totals, terms = [], []
         for i in stages:
             if self.config.gpr.visual_tokens == "clip":
-                tokens = features["clip_tokens"][i if len(features["clip_tokens"]) == k else -1]
+                # Stage i's tapped layer (the last one when the taps are fused into F_0).
+                tokens = self.clip_tokens(params, taps[i if len(taps) == k else -1])
             else:
                 tokens = stage_tokens[i]
             total, parts = gpr_lib.gpr_loss_batch(tokens.astype(jnp.float32), text,
@@ -280,7 +277,7 @@ class SGNet(Method):
         # SGNet: L_total = L_seg + L_cls + lambda_grav L_grav.
         total = cfg.focal * terms["seg_focal"] + cfg.dice * terms["seg_dice"] + cfg.cls * terms["cls_bce"]
         if self.uses_gpr:
-            grav, parts = self.gpr_terms(features, text, stage_gravitons, stage_tokens)
+            grav, parts = self.gpr_terms(params, features, text, stage_gravitons, stage_tokens)
             total = total + self.config.gpr.lambda_grav * grav
             terms.update(grav=grav, grav_att=parts["att"], grav_equ=parts["equ"])
         else:

@@ -53,45 +53,70 @@ def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return regions.astype(np.int32, copy=False), int(count)
 
 
-def sorted_pixels(maps, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorts all pixels by descending score, carrying their global region id.
+def sorted_pixels(maps, masks, top_fpr: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorts the pixels by descending score, carrying their global region id.
 
-    maps, masks: (N, H, W) or sequences of (H_i, W_i). Returns (keys, region_ids) (P,), both
+    maps, masks: (N, H, W) or sequences of (H_i, W_i). Returns (keys, region_ids) (P',), both
     in descending score order (equal keys = equal scores), and region sizes (K + 1,) int64
-    (entry 0 = number of background pixels).
+    (entry 0 = number of background pixels, over all pixels).
+
+    top_fpr: only a prefix of the order is packed and sorted: at least every pixel scoring >=
+    the score at which the FPR reaches `top_fpr` (all the AUPRO needs), found from a histogram
+    of the keys' top 16 bits. None: all pixels.
     """
     map_list, mask_list = _as_image_list(maps, masks)
-    total = sum(m.size for m in map_list)
+    # Pass 1: regions (global ids), their sizes, and key histograms when a prefix is asked for.
+    region_list, sizes, num_regions = [], [np.zeros((1,), np.int64)], 0
     packed_path = all(m.dtype in ranking.FLOAT32_EXACT for m in map_list)
-    if packed_path:
-        packed = np.empty((total,), np.uint64)
-    else:
-        scores = np.empty((total,), np.float64)
-        region_ids = np.empty((total,), np.uint32)
-    offset, num_regions = 0, 0
-    sizes = [np.zeros((1,), np.int64)]                 # [background count, region sizes...]
+    top_fpr = top_fpr if packed_path else None
+    all_histogram = np.zeros((1 << 16,), np.int64)
+    region_histogram = np.zeros((1 << 16,), np.int64)
     for m, g in zip(map_list, mask_list, strict=True):
         regions, count = label_regions(g)
-        image_sizes = np.bincount(regions.ravel(), minlength=count + 1)
-        sizes[0] += image_sizes[0]
-        sizes.append(image_sizes[1:])
-        regions = regions.astype(np.uint32, copy=False).ravel()
+        regions = regions.view(np.uint32).ravel()        # ids are >= 0: same bits
         if count:
+            image_sizes = np.bincount(regions, minlength=count + 1)
+            sizes[0] += image_sizes[0]
+            sizes.append(image_sizes[1:])
             regions[regions > 0] += np.uint32(num_regions)
-        num_regions += count
-        chunk = slice(offset, offset + m.size)
-        if packed_path:
-            ranking.pack_key_payload(ranking.descending_key32(m.ravel()), regions, packed[chunk])
         else:
-            scores[chunk] = m.ravel()
-            region_ids[chunk] = regions
-        offset += m.size
-    if packed_path:
-        packed.sort()
-        keys, payload = ranking.split_packed(packed)
-    else:
-        keys, payload = ranking.sort_descending(scores, region_ids)
-    return keys, payload, np.concatenate(sizes).astype(np.int64)
+            sizes[0] += regions.shape[0]
+        num_regions += count
+        region_list.append(regions)
+        if top_fpr is not None:   # (keys are recomputed in pass 2: cheaper than storing them)
+            bins = ranking.descending_key32(m.ravel()) >> np.uint32(16)
+            all_histogram += np.bincount(bins, minlength=1 << 16)
+            if count:
+                region_histogram += np.bincount(bins[regions != 0], minlength=1 << 16)
+    sizes = np.concatenate(sizes).astype(np.int64)
+    if not packed_path:
+        scores = np.concatenate([m.ravel() for m in map_list]).astype(np.float64)
+        keys, payload = ranking.sort_descending(scores, np.concatenate(region_list))
+        return keys, payload, sizes
+
+    # The FPR reaches top_fpr at the k-th highest background score; every pixel whose key lies
+    # in that key bin or a lower one (= a higher score) is kept: a prefix of the sorted order.
+    bound, total = None, sum(m.size for m in map_list)
+    if top_fpr is not None and sizes[0] > 0:
+        k = max(int(np.ceil(top_fpr * sizes[0])), 1)
+        last_bin = int(np.searchsorted(np.cumsum(all_histogram - region_histogram), k))
+        bound = np.uint32(min(((last_bin + 1) << 16) - 1, 2**32 - 1))
+        total = int(all_histogram[:last_bin + 1].sum())
+    # Pass 2: pack (key << 32 | region id) of the kept pixels, then one sort.
+    packed = np.empty((total,), np.uint64)
+    offset = 0
+    for i, m in enumerate(map_list):
+        key32, regions = ranking.descending_key32(m.ravel()), region_list[i]
+        region_list[i] = None                              # freed as packing proceeds
+        if bound is not None:
+            keep = key32 <= bound
+            key32, regions = key32[keep], regions[keep]
+        ranking.pack_key_payload(key32, regions, packed[offset:offset + key32.shape[0]])
+        offset += key32.shape[0]
+    packed.sort()
+    keys, payload = ranking.split_packed(packed)
+    return keys, payload, sizes
 
 
 def area_to_limit(x: np.ndarray, y: np.ndarray, limit: float) -> float:
@@ -100,7 +125,8 @@ def area_to_limit(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     The curve is interpolated linearly at exactly `limit` when no point lies there.
     """
     k = int(np.searchsorted(x, limit, side="right"))   # x[:k] <= limit < x[k:]
-    area = float(np.sum(np.diff(x[:k]) * (y[1:k] + y[:k - 1]) / 2.0))
+    y_pairs = y[1:k] + y[:k - 1]
+    area = float(np.dot(np.diff(x[:k]), y_pairs)) / 2.0
     if k < x.shape[0] and x[k - 1] < limit:
         y_limit = y[k - 1] + (y[k] - y[k - 1]) * (limit - x[k - 1]) / (x[k] - x[k - 1])
         area += float((limit - x[k - 1]) * (y[k - 1] + y_limit) / 2.0)
@@ -131,11 +157,14 @@ def pro_curve(keys: np.ndarray, region_ids: np.ndarray, sizes: np.ndarray,
     fpr = np.concatenate([[0.0], fpr[:num_points]])
     if num_regions == 0 or num_points == 0:
         return fpr, np.zeros_like(fpr), counts
-    weight = np.zeros((num_regions + 1,), np.float64)
-    weight[1:] = 1.0 / (sizes[1:] * num_regions)       # 1 / (|region k| * N_regions)
-    pro = weight[region_ids[:ends[-1] + 1]]
-    np.cumsum(pro, out=pro)
-    return fpr, np.concatenate([[0.0], pro[ends]]), counts
+    weight = 1.0 / (sizes[1:] * num_regions)            # 1 / (|region k| * N_regions)
+    # PRO only grows at region pixels: cumulate over those, read at each group's TP count.
+    region_pixels = region_ids[:ends[-1] + 1]
+    region_pixels = region_pixels[region_pixels != 0]
+    cumulative = np.zeros((region_pixels.shape[0] + 1,), np.float64)
+    np.cumsum(weight[region_pixels - 1], out=cumulative[1:])
+    pro = cumulative[counts.tp[:num_points].astype(np.int64)]
+    return fpr, np.concatenate([[0.0], pro]), counts
 
 
 def check_fpr_limit(fpr_limit: float) -> float:
@@ -150,7 +179,8 @@ def pixel_metrics(maps, masks, fpr_limit: float = 0.3) -> dict[str, float | None
 
     maps: (N, H, W) float (or a sequence of (H_i, W_i) maps, e.g. native resolutions);
     masks: the same shapes, bool or 0/1. Each metric is None when the pixels hold no anomalous
-    or no normal pixel. Memory: one uint64 per pixel for the sort plus per-threshold arrays.
+    or no normal pixel. Memory besides the maps: a uint32 region id per pixel until it is packed
+    into the uint64 sort array, then a few per-threshold arrays.
     """
     fpr_limit = check_fpr_limit(fpr_limit)
     keys, region_ids, sizes = sorted_pixels(maps, masks)
@@ -171,10 +201,11 @@ def aupro(maps, masks, fpr_limit: float = 0.3) -> float | None:
     pixel. Raises ValueError on NaN maps or mismatched shapes.
     """
     fpr_limit = check_fpr_limit(fpr_limit)
-    keys, region_ids, sizes = sorted_pixels(maps, masks)
-    fpr, pro, counts = pro_curve(keys, region_ids, sizes, fpr_limit)
-    if not counts.defined:
+    # Only the pixels scoring at or above the FPR limit's threshold are sorted.
+    keys, region_ids, sizes = sorted_pixels(maps, masks, top_fpr=fpr_limit)
+    if sizes[0] == 0 or sizes.shape[0] == 1:       # no normal pixel or no region
         return None
+    fpr, pro, _ = pro_curve(keys, region_ids, sizes, fpr_limit)
     return normalized_area(fpr, pro, fpr_limit)
 
 

@@ -16,8 +16,8 @@ cache), the views, mask size, compute dtype and the exact record list. A stale c
 reused: a different key is a different directory. Writes are atomic (temporary dir, rename).
 
 `CachedLoader` then iterates the cache like `data.TrainLoader` iterates images: a deterministic
-shuffle per (seed, epoch), drop remainder, this process's rows of each global batch, and a
-`get_state()/set_state()` position for exact resume.
+shuffle per (seed, epoch), drop remainder, this process's rows of each global batch (features,
+masks, labels, class_name), and a `get_state()/set_state()` position for exact resume.
 """
 
 from __future__ import annotations
@@ -193,7 +193,8 @@ class CachedLoader:
     """
 
     def __init__(self, cache: FeatureCache, global_batch_size: int, seed: int,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1,
+                 class_names: Sequence[str] | None = None):
         if global_batch_size % process_count:
             raise ValueError(f"batch size {global_batch_size} not divisible by {process_count} "
                              f"processes")
@@ -206,6 +207,9 @@ class CachedLoader:
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(cache)} cached records are fewer than one batch of "
                              f"{global_batch_size}")
+        self.class_names = None if class_names is None else np.asarray(class_names, dtype=str)
+        if self.class_names is not None and len(self.class_names) != len(cache):
+            raise ValueError(f"{len(self.class_names)} class names for {len(cache)} cached records")
         self.position = 0
 
     def get_state(self) -> dict:
@@ -223,4 +227,8 @@ class CachedLoader:
         rows = order[step * self.global_batch_size:(step + 1) * self.global_batch_size]
         start = self.process_index * self.local_batch_size
         self.position += 1
-        return self.cache.rows(rows[start:start + self.local_batch_size])
+        mine = rows[start:start + self.local_batch_size]
+        batch = self.cache.rows(mine)
+        if self.class_names is not None:
+            batch["class_name"] = self.class_names[mine]
+        return batch

@@ -93,14 +93,13 @@ def _dataset_error() -> type[Exception]:
     return records.DatasetError
 
 
-def _dummy_batch(method, batch_size: int) -> dict:
-    """Zero arrays in the batch layout (for shapes only), through `method.prepare_batch`."""
-    return method.prepare_batch({
-        "images": {name: np.zeros((batch_size, v.size, v.size, 3), np.float32)
-                   for name, v in method.views.items()},
-        "masks": np.zeros((batch_size, method.mask_size, method.mask_size), np.float32),
-        "labels": np.zeros((batch_size,), np.int32),
-        "class_name": np.array(["object"] * batch_size)})
+def _dummy_host_batch(method, batch_size: int) -> dict:
+    """Zero arrays in the host batch layout (for shapes only)."""
+    return {"images": {name: np.zeros((batch_size, v.size, v.size, 3), np.float32)
+                       for name, v in method.views.items()},
+            "masks": np.zeros((batch_size, method.mask_size, method.mask_size), np.float32),
+            "labels": np.zeros((batch_size,), np.int32),
+            "class_name": np.array(["object"] * batch_size)}
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -147,7 +146,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
     from_features = bool(config.train.feature_cache)
     feature_dtypes = None
-    dummy = _dummy_batch(method, batch_size)
+    dummy_host = _dummy_host_batch(method, batch_size)
+    dummy = method.prepare_batch(dummy_host)
     if from_features:
         feature_fn = step_lib.make_feature_fn(method, layout, mesh)
         feature_shapes = jax.eval_shape(feature_fn, trainable, frozen, dummy)
@@ -155,7 +155,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         key = cache_lib.cache_key(method, config, frozen_fingerprint, train_records)
 
         def extract(host_batch):
-            batch = data.make_global_batch(method.prepare_batch(host_batch), mesh)
+            batch = sharding_lib.shard_batch(method.prepare_batch(host_batch), mesh)
             return feature_fn(trainable, frozen, batch)
 
         def gather(tree):
@@ -165,25 +165,37 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
             return multihost_utils.process_allgather(tree, tiled=True)
 
+        # Extraction batches: eval_batch_size rounded up to a multiple of the device count.
+        extract_batch = -(-int(config.data.eval_batch_size) // mesh.size) * mesh.size
+
         def batches():
             return data.eval_batches(train_records, method.views, method.mask_size,
-                                     int(config.data.eval_batch_size),
-                                     process_index=process_index, process_count=process_count)
+                                     extract_batch, process_index=process_index,
+                                     process_count=process_count)
 
         cache = cache_lib.build_or_open(cache_root, key, train_records, batches, extract, gather,
                                         feature_shapes)
         loader = cache_lib.CachedLoader(cache, batch_size, config.seed, process_index,
-                                        process_count)
+                                        process_count,
+                                        class_names=[r.class_name for r in train_records])
         feature_dtypes = cache.dtypes
-        to_device = lambda host: sharding_lib.shard_batch(host, mesh)
-        dummy = {"features": feature_shapes, "masks": dummy["masks"], "labels": dummy["labels"]}
+
+        def to_device(host):
+            # prepare_batch keeps masks/labels and adds method keys (e.g. per-class prompt ids).
+            prepared = method.prepare_batch({k: v for k, v in host.items() if k != "features"})
+            return sharding_lib.shard_batch({**prepared, "features": host["features"]}, mesh)
+
+        del dummy_host["images"]
+        dummy = {**method.prepare_batch(dummy_host), "features": feature_shapes}
     else:
         loader = data.TrainLoader(train_records, method.views, method.mask_size, batch_size,
                                   seed=config.seed, process_index=process_index,
                                   process_count=process_count,
                                   num_workers=config.data.num_workers,
                                   prefetch=config.data.prefetch)
-        to_device = lambda host: data.make_global_batch(method.prepare_batch(host), mesh)
+        # Every key of the prepared batch (methods may add some, e.g. SSVP's prompt ids),
+        # sharded on its leading (batch) axis.
+        to_device = lambda host: sharding_lib.shard_batch(method.prepare_batch(host), mesh)
 
     steps_per_epoch = loader.steps_per_epoch
     total_steps = total_train_steps(config, steps_per_epoch)

@@ -3,7 +3,7 @@
 Single host: every local device on one "data" axis. Multi-host (TPU pods, or explicit coordinator
 flags, e.g. several CPU processes on localhost): `initialize_distributed` is called before any
 other JAX call, then the mesh spans every device of every process, and each process feeds its own
-share of each global batch (`zsad_jax.data.make_global_batch`).
+share of each global batch (`shard_batch`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
-                           process_id: int = -1) -> bool:
+                           process_id: int = -1, force: bool = False) -> bool:
     """Starts `jax.distributed` when asked (explicit flags) or when the environment says so.
 
     Explicit: all three arguments given. Automatic: on Cloud TPU pods (`TPU_WORKER_HOSTNAMES` /
-    `MEGASCALE_COORDINATOR_ADDRESS` set with more than one worker) or under SLURM/Open MPI with
-    several tasks, `jax.distributed.initialize()` discovers everything itself. Returns True if
-    initialized. On CPU, cross-process collectives use gloo.
+    `MEGASCALE_COORDINATOR_ADDRESS` set with more than one worker), under SLURM/Open MPI with
+    several tasks, or with `force` (the train CLI's --distributed), `jax.distributed.initialize()`
+    discovers everything itself. Returns True if initialized. On CPU, cross-process collectives
+    use gloo.
     """
     if coordinator_address or num_processes > 1:
         if not coordinator_address or num_processes < 1 or process_id < 0:
@@ -40,7 +41,7 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
             or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
             or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
             or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1)
-    if auto:
+    if auto or force:
         jax.distributed.initialize()
         return True
     return False
@@ -75,8 +76,8 @@ def replicate(tree, mesh: Mesh):
 def shard_batch(host_batch: dict, mesh: Mesh) -> dict:
     """This process's rows of a global batch -> global arrays sharded over the data axis.
 
-    Used for batches built by the loop itself (the feature cache); the data pipeline's batches go
-    through `zsad_jax.data.make_global_batch`.
+    Every leaf of the (prepared) batch is split on its leading axis, so keys a method adds in
+    `prepare_batch` (e.g. SSVP's per-image prompt ids) travel with images, masks and labels.
     """
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
