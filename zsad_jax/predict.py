@@ -43,6 +43,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", None, "Images per batch (default "
                          "config.data.eval_batch_size).")
     flags.DEFINE_bool("progress", True, "Show the progress bar (images/s, ETA).")
+    flags.DEFINE_string("class_name", "object", "Object word given to methods whose prompts name "
+                        "the class of the image (SSVP's [CLASS]); ignored by the other methods.")
 
 
 CSV_COLUMNS = ("image", "score", "map_max", "heatmap", "mask", "anomalous_fraction")
@@ -87,11 +89,11 @@ class Predictor:
     """Batches images through the jitted inference and writes PNGs + rows of scores.csv."""
 
     def __init__(self, method, params, config, out: pathlib.Path, threshold, vmin, vmax,
-                 batch_size: int, smoothing_sigma: float):
+                 batch_size: int, smoothing_sigma: float, class_name: str = "object"):
         from zsad_jax.data.pipeline import Preprocess
         from zsad_jax.evaluation import inference
 
-        self.method, self.out = method, out
+        self.method, self.out, self.class_name = method, out, class_name
         self.threshold, self.vmin, self.vmax = threshold, vmin, vmax
         self.mesh = inference.default_mesh()
         self.batch_size = inference.global_batch_size(batch_size, self.mesh)
@@ -126,7 +128,9 @@ class Predictor:
         batch = {"images": {v: np.stack([e["images"][v] for e in examples])
                             for v in self.method.views},
                  "masks": np.stack([e["masks"] for e in examples]),
-                 "labels": np.zeros((len(examples),), np.int32)}
+                 "labels": np.zeros((len(examples),), np.int32),
+                 "class_name": np.asarray([self.class_name] * len(examples))}
+        batch = self.method.prepare_batch(batch)
         maps, scores = self.infer(self.params, data.make_global_batch(batch, self.mesh))
         maps, scores = inference.to_host(maps), inference.to_host(scores)
         for i, (path, name, example) in enumerate(items):
@@ -166,7 +170,7 @@ class Predictor:
 
 def predict(method, params, config, paths: list[str], out, threshold=None, vmin=0.0, vmax=1.0,
             batch_size: int | None = None, smoothing_sigma: float | None = None,
-            progress: bool = True) -> Predictor:
+            progress: bool = True, class_name: str = "object") -> Predictor:
     """Scores `paths`, writing into `out`; returns the Predictor (rows, failed)."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +179,7 @@ def predict(method, params, config, paths: list[str], out, threshold=None, vmin=
     predictor = Predictor(
         method, params, config, out, threshold, vmin, vmax,
         batch_size or config.data.eval_batch_size,
-        config.eval.smoothing_sigma if smoothing_sigma is None else smoothing_sigma)
+        config.eval.smoothing_sigma if smoothing_sigma is None else smoothing_sigma, class_name)
     names = output_names(paths)
     bar = None
     if progress:
@@ -214,7 +218,8 @@ def main(argv) -> None:
     config, method, params, _ = loading.model_from_flags()
     paths = expand_images(f.images)
     predictor = predict(method, params, config, paths, f.out, f.threshold, f.vmin, f.vmax,
-                        f.batch_size, f.smoothing_sigma, progress=f.progress)
+                        f.batch_size, f.smoothing_sigma, progress=f.progress,
+                        class_name=f.class_name)
     sys.stdout.write(f"{len(predictor.rows)} image(s) scored, {len(predictor.failed)} unreadable "
                      f"skipped; scores in {pathlib.Path(f.out) / 'scores.csv'}\n")
     if predictor.failed:

@@ -68,6 +68,7 @@ def bench_step(spec: str, config, iters: int) -> list[dict]:
     import jax
 
     from zsad_jax import methods
+    from zsad_jax.data import make_global_batch
     from zsad_jax.training import optimizer, sharding, state, step
 
     method = methods.build(config)
@@ -80,7 +81,7 @@ def bench_step(spec: str, config, iters: int) -> list[dict]:
     tx, _ = optimizer.make_optimizer(config.optim, layout.trainable_paths, 1000)
     batch_size = int(config.data.batch_size)
     host = _batch(method, batch_size, np.random.default_rng(0))
-    batch = sharding.shard_batch(host, mesh)
+    batch = make_global_batch(host, mesh)
     rows = []
 
     def run(from_features, device_batch, feature_dtypes=None):

@@ -256,16 +256,26 @@ class _EvalExample:
 
 
 def make_global_batch(host_batch: Mapping, mesh, axis: str = "data") -> dict:
-    """Device keys (images/masks/labels) of a host batch -> global jax.Arrays sharded over `axis`.
+    """This process's rows of a global batch -> global jax.Arrays sharded over `axis`.
 
-    Each process passes its own share; the global batch is the shares in process order.
+    Every numeric leaf is split on its leading axis, so keys a method adds in
+    `Method.prepare_batch` (e.g. SSVP's prompt ids) travel with images, masks and labels; host-only
+    string entries (class_name, image_path, ...) are dropped. Each process passes its own share;
+    the global batch is the shares in process order.
     """
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from zsad_jax.methods.base import DEVICE_KEYS
-
     sharding = NamedSharding(mesh, PartitionSpec(axis))
-    return {key: jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), host_batch[key])
-        for key in DEVICE_KEYS if key in host_batch}
+
+    def put(x):
+        x = np.asarray(x)
+        shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+
+    def numeric(value) -> bool:
+        leaves = jax.tree_util.tree_leaves(value)
+        return bool(leaves) and all(np.asarray(leaf).dtype.kind in "biuf" for leaf in leaves)
+
+    return {key: jax.tree_util.tree_map(put, value)
+            for key, value in host_batch.items() if numeric(value)}

@@ -15,23 +15,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from zsad_jax.evaluation.postprocess import smooth_maps
 
+# The training loop's mesh and placement, shared so evaluation and training shard alike. (Not
+# `jax.make_mesh`: its axes are Explicit in recent jax, and sharding-in-types then rejects the
+# backbones' concatenation of unsharded class tokens with sharded patches.)
+from zsad_jax.training.sharding import make_mesh as default_mesh  # noqa: F401
+from zsad_jax.training.sharding import replicate  # noqa: F401
+
 DATA_AXIS = "data"
-
-
-def default_mesh() -> Mesh:
-    """A 1-D mesh over every device of every process, axis "data"."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
 
 
 def global_batch_size(requested: int, mesh: Mesh) -> int:
     """`requested` rounded up to a multiple of the mesh's device count (and process count)."""
     multiple = int(np.lcm(mesh.devices.size, jax.process_count()))
     return max(multiple, -(-int(requested) // multiple) * multiple)
-
-
-def replicate(params, mesh: Mesh):
-    """Places the parameter pytree on every device of `mesh` (no-op if already there)."""
-    return jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
 
 
 @functools.lru_cache(maxsize=8)

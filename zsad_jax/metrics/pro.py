@@ -49,6 +49,8 @@ def _as_image_list(maps, masks) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """(H, W) bool -> ((H, W) int32 region ids 1..K, 0 = background; K), 8-connectivity."""
+    if not mask.any():                                   # normal image: nothing to label
+        return np.zeros(mask.shape, np.int32), 0
     regions, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     return regions.astype(np.int32, copy=False), int(count)
 

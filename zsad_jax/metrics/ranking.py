@@ -98,18 +98,24 @@ def descending_key32(scores: np.ndarray) -> np.ndarray:
 
     Equal scores (including -0.0 and +0.0) get equal keys. (N,) -> (N,).
     """
-    bits = (np.asarray(scores, np.float32) + np.float32(0.0)).view(np.uint32)  # -0.0 -> +0.0
-    sign = bits >> np.uint32(31)
-    # Non-negative: flip the 31 value bits (bigger value -> smaller key, all below 2**31);
-    # negative: keep (bigger magnitude -> smaller value -> bigger key, all >= 2**31).
-    return bits ^ ((sign - np.uint32(1)) & np.uint32(0x7FFFFFFF))
+    return _descending_key(np.add(scores, np.float32(0.0), dtype=np.float32), np.int32, 31)
 
 
 def descending_key64(scores: np.ndarray) -> np.ndarray:
     """float64 version of `descending_key32` (uint64 keys)."""
-    bits = (np.asarray(scores, np.float64) + 0.0).view(np.uint64)
-    sign = bits >> np.uint64(63)
-    return bits ^ ((sign - np.uint64(1)) & np.uint64(0x7FFFFFFFFFFFFFFF))
+    return _descending_key(np.add(scores, 0.0, dtype=np.float64), np.int64, 63)
+
+
+def _descending_key(values: np.ndarray, signed, bits: int) -> np.ndarray:
+    """In place on `values` (a fresh array; +0.0 added so -0.0 became +0.0): non-negative
+    floats get their value bits flipped (bigger value -> smaller key, all below 2**(bits)),
+    negative ones keep their bits (bigger magnitude = smaller value -> bigger key)."""
+    as_int = values.view(signed)
+    flip = np.right_shift(as_int, bits)                  # 0 (>= 0) or -1 (< 0)
+    np.invert(flip, out=flip)                            # -1 (>= 0) or 0 (< 0)
+    np.bitwise_and(flip, signed(np.iinfo(signed).max), out=flip)
+    np.bitwise_xor(as_int, flip, out=flip)
+    return flip.view(np.uint32 if bits == 31 else np.uint64)
 
 
 def pack_key_payload(key32: np.ndarray, payload: np.ndarray, out: np.ndarray) -> None:

@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from zsad_jax.data import make_global_batch
 from zsad_jax.training import checkpoint as checkpoint_lib
 from zsad_jax.training import feature_cache as cache_lib
 from zsad_jax.training import optimizer as optimizer_lib
@@ -155,7 +156,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         key = cache_lib.cache_key(method, config, frozen_fingerprint, train_records)
 
         def extract(host_batch):
-            batch = sharding_lib.shard_batch(method.prepare_batch(host_batch), mesh)
+            batch = make_global_batch(method.prepare_batch(host_batch), mesh)
             return feature_fn(trainable, frozen, batch)
 
         def gather(tree):
@@ -183,7 +184,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         def to_device(host):
             # prepare_batch keeps masks/labels and adds method keys (e.g. per-class prompt ids).
             prepared = method.prepare_batch({k: v for k, v in host.items() if k != "features"})
-            return sharding_lib.shard_batch({**prepared, "features": host["features"]}, mesh)
+            return make_global_batch({**prepared, "features": host["features"]}, mesh)
 
         del dummy_host["images"]
         dummy = {**method.prepare_batch(dummy_host), "features": feature_shapes}
@@ -195,7 +196,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                                   prefetch=config.data.prefetch)
         # Every key of the prepared batch (methods may add some, e.g. SSVP's prompt ids),
         # sharded on its leading (batch) axis.
-        to_device = lambda host: sharding_lib.shard_batch(method.prepare_batch(host), mesh)
+        to_device = lambda host: make_global_batch(method.prepare_batch(host), mesh)
 
     steps_per_epoch = loader.steps_per_epoch
     total_steps = total_train_steps(config, steps_per_epoch)

@@ -3,7 +3,7 @@
 Single host: every local device on one "data" axis. Multi-host (TPU pods, or explicit coordinator
 flags, e.g. several CPU processes on localhost): `initialize_distributed` is called before any
 other JAX call, then the mesh spans every device of every process, and each process feeds its own
-share of each global batch (`shard_batch`).
+share of each global batch (`zsad_jax.data.make_global_batch`).
 """
 
 from __future__ import annotations
@@ -71,22 +71,6 @@ def replicate(tree, mesh: Mesh):
         return jax.make_array_from_process_local_data(sharding, x, x.shape)
 
     return jax.tree_util.tree_map(put, tree)
-
-
-def shard_batch(host_batch: dict, mesh: Mesh) -> dict:
-    """This process's rows of a global batch -> global arrays sharded over the data axis.
-
-    Every leaf of the (prepared) batch is split on its leading axis, so keys a method adds in
-    `prepare_batch` (e.g. SSVP's per-image prompt ids) travel with images, masks and labels.
-    """
-    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-    def put(x):
-        x = np.asarray(x)
-        shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-        return jax.make_array_from_process_local_data(sharding, x, shape)
-
-    return jax.tree_util.tree_map(put, host_batch)
 
 
 def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
