@@ -275,3 +275,17 @@ def test_high_bit_depth_image_through_pipeline(tmp_path):
     recs = data.load_index("folder", tmp_path)
     batch = next(data.eval_batches(recs, {"v": ImageView(8, (0, 0, 0), (1, 1, 1))}, 8, 2))
     np.testing.assert_allclose(batch["images"]["v"][0], batch["images"]["v"][1], atol=2 / 255)
+
+
+def test_make_global_batch_keeps_method_keys_and_bf16_drops_strings():
+    import ml_dtypes
+
+    mesh = jax.make_mesh((1,), ("data",))
+    feats = (np.arange(12, dtype=np.float32).reshape(2, 6) / 7).astype(ml_dtypes.bfloat16)
+    host = {"labels": np.array([0, 1], np.int32), "text": {"ids": np.ones((2, 5), np.int32)},
+            "features": feats, "class_name": np.array(["a", "b"]), "valid": np.array([True, False])}
+    out = data.make_global_batch(host, mesh)
+    assert set(out) == {"labels", "text", "features", "valid"}
+    assert out["features"].dtype == jax.numpy.bfloat16
+    np.testing.assert_array_equal(np.asarray(out["features"]).view(np.uint16), feats.view(np.uint16))
+    assert out["text"]["ids"].shape == (2, 5)

@@ -294,3 +294,46 @@ def test_jax_arrays_are_accepted():
     import jax.numpy as jnp
 
     assert metrics.auroc(jnp.array([0.1, 0.4, 0.35, 0.8]), jnp.array([0, 0, 1, 1])) == 0.75
+
+
+def test_regions_labelled_in_the_bounding_box_equal_whole_mask_labels():
+    """label_box labels only the mask's bounding box: same ids, same raster numbering."""
+    from scipy import ndimage
+
+    from zsad_jax.metrics import pro
+
+    rng = np.random.default_rng(5)
+    for density in (0.02, 0.2, 0.6):
+        mask = ndimage.binary_dilation(rng.random((30, 41)) < density / 4)
+        mask[:, :3] = False                                  # a box not at the border
+        expected, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        labelled, labelled_count = pro.label_regions(mask)
+        np.testing.assert_array_equal(labelled, expected)
+        assert labelled_count == count
+        np.testing.assert_array_equal(labelled, measure.label(mask, connectivity=2))
+    assert pro.label_box(np.zeros((4, 5), bool)) is None
+    assert pro.label_regions(np.zeros((4, 5), bool))[1] == 0
+
+
+@pytest.mark.parametrize("sampled", ["too_low", "too_high", "none"])
+def test_aupro_sort_bound_is_checked(monkeypatch, sampled):
+    """aupro sorts the pixels below a bound estimated from a sample of the keys; a bound that
+    keeps too few normal pixels must fall back to the full sort (same value either way)."""
+    from scipy import ndimage
+
+    from zsad_jax.metrics import pro
+
+    rng = np.random.default_rng(11)
+    maps = ndimage.gaussian_filter(rng.random((3, 20, 20)), (0, 1.5, 1.5)).astype(np.float32)
+    masks = np.zeros((3, 20, 20), bool)
+    masks[0, 2:7, 3:9] = True
+    masks[1, 12:15, 12:18] = True
+    maps += 0.1 * masks
+    expected = pro.pixel_metrics(maps, masks, 0.3)["aupro"]
+    bounds = {"too_low": lambda keys, fraction: keys.min(),
+              "too_high": lambda keys, fraction: np.uint32(2**32 - 1), "none": lambda *a: None}
+    monkeypatch.setattr(pro, "_sampled_bound", bounds[sampled])
+    keys, _, _ = pro.sorted_pixels(maps, masks, top_fpr=0.3)
+    assert keys.shape[0] == maps.size                       # everything was sorted
+    assert metrics.aupro(maps, masks) == pytest.approx(expected, abs=1e-12)
+    assert expected == pytest.approx(direct_aupro(maps, masks), abs=1e-6)

@@ -184,6 +184,50 @@ def test_feature_cache_is_reused_only_for_the_same_key(tmp_path, synthetic_root)
     assert len([p for p in cache_dir.iterdir() if not p.name.startswith(".")]) == 2
 
 
+def _tiny_cache(directory, num=10):
+    """A hand-made cache directory: leaf_0 (N, 3) bf16 with row i = i, int leaf_1 (N,) = 10 i."""
+    import ml_dtypes
+
+    from zsad_jax.training import feature_cache
+
+    directory.mkdir()
+    values = np.arange(num, dtype=np.float32)[:, None] * np.ones(3, np.float32)
+    np.save(directory / "leaf_0.npy", values.astype(ml_dtypes.bfloat16).view(np.uint16))
+    np.save(directory / "leaf_1.npy", np.arange(num, dtype=np.int32) * 10)
+    np.save(directory / "masks.npy", np.zeros((num, 2, 2), np.uint8))
+    np.save(directory / "labels.npy", np.arange(num, dtype=np.int32) % 2)
+    (directory / "meta.json").write_text(json.dumps({"key": {}, "num_records": num, "leaves": [
+        {"shape": [3], "dtype": "float32", "stored": "bfloat16"},
+        {"shape": [], "dtype": "int32", "stored": "int32"}]}))
+    treedef = jax.tree_util.tree_structure({"a": 0, "b": 0})
+    return feature_cache.FeatureCache(directory, treedef)
+
+
+def test_cached_loader_rows_order_and_prefetch(tmp_path):
+    from zsad_jax.training.feature_cache import CachedLoader
+
+    cache = _tiny_cache(tmp_path / "cache")
+    rows = cache.rows(np.array([7, 2, 9, 2]))                   # any order, repeats kept
+    np.testing.assert_array_equal(rows["features"]["a"][:, 0].astype(np.float32), [7, 2, 9, 2])
+    np.testing.assert_array_equal(rows["features"]["b"], [70, 20, 90, 20])
+    np.testing.assert_array_equal(rows["labels"], [1, 0, 1, 0])
+    names = [f"class{i}" for i in range(10)]
+    plain = CachedLoader(cache, 4, seed=3, class_names=names, prefetch=False)
+    ahead = CachedLoader(cache, 4, seed=3, class_names=names, prefetch=True)
+    expected = [next(plain) for _ in range(5)]                  # 2 steps an epoch: 3 epochs
+    got = [next(ahead) for _ in range(3)]
+    state = ahead.get_state()
+    assert state == {"position": 3}
+    ahead.set_state({"position": 1})                            # rewind: the prefetch is dropped
+    got += [next(ahead) for _ in range(4)]
+    ahead.close()
+    for want, have in zip([*expected[:3], *expected[1:5]], got, strict=True):
+        np.testing.assert_array_equal(have["features"]["b"], want["features"]["b"])
+        np.testing.assert_array_equal(have["class_name"], want["class_name"])
+        assert [f"class{v // 10}" for v in have["features"]["b"]] == list(have["class_name"])
+    assert not _same(expected[0]["features"], expected[2]["features"])   # reshuffled per epoch
+
+
 # ---- method-specific batch keys reach the loss --------------------------------------------
 @pytest.mark.parametrize("feature_cache", [False, True])
 def test_keys_added_by_prepare_batch_reach_the_loss(tmp_path, synthetic_root, monkeypatch,

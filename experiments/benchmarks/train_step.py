@@ -1,7 +1,10 @@
 """Speed of the compiled train step, with and without the frozen-feature cache.
 
-    # CPU: the compiled step alone, and whole epochs through the loop (data pipeline included)
-    python experiments/benchmarks/train_step.py --config sgnet.py:demo --mode both
+    # CPU: the compiled step alone, and whole epochs through the loop (data pipeline included);
+    # the docs/benchmarks.md configuration: SGNet's small demo head on a CLIP ViT-B/16 at 448
+    python experiments/benchmarks/train_step.py --config sgnet.py:demo --mode both --iters 2 \
+        --override backbones.clip.arch=clip-vit-b16 --override backbones.clip.image_size=448 \
+        --override "backbones.clip.layers=(6,12)"
     # accelerator: the real methods at paper size, random weights, bf16 compute
     python experiments/benchmarks/train_step.py --config sgnet.py --config ssvp.py \
         --config visualad.py --paper --compute_dtype bfloat16 --mode step

@@ -41,8 +41,15 @@ Reading choices (the paper is silent or ambiguous; alternatives are config optio
 * Ablations: without VTAM, P_map is the mean of the layer maps and S_final = S_global; without VCPG,
   T_final = T_init (no VAE, no margin term); without HSVS (model A) no DINO backbone is used and
   V_syn = the CLIP features.
-* No feature cache: the anomaly outputs need each image's class-word token ids, which a cache of
-  image features cannot carry.
+
+Feature cache (`config.train.feature_cache`): everything before HSVS is frozen, so
+`frozen_features` returns the tapped CLIP / DINO patch tokens and the global tokens (the
+`_image_features` dict); `loss_from_features` runs HSVS, VCPG and VTAM on them, the text tower
+included (it runs on the learnable prompts every step anyway). The class-word token ids are not
+cached: they stay per-image host data (`batch["text"]`, remade by `prepare_batch` from `class_name`
+each step), so the cache does not depend on the tokenizer or the prompt layout.
+`outputs_from_features(params, features)` takes them as `features["text"]` (the contract passes no
+batch), which is optional with `model.class_words="object"`.
 """
 
 from __future__ import annotations
@@ -159,7 +166,7 @@ def _class_words(name: str) -> str:
 class SSVP(Method):
     name = "ssvp"
     trainable = (r"^ssvp/",)
-    supports_feature_cache = False
+    supports_feature_cache = True
 
     def __init__(self, config):
         super().__init__(config)
@@ -319,8 +326,20 @@ class SSVP(Method):
         return out
 
     # ---- the model ------------------------------------------------------------------------
+    def feature_cache_key(self) -> dict:
+        # What `frozen_features` returns also depends on the CLIP projection (projected or raw
+        # tokens) and on whether DINO is used (fusion="none" drops it).
+        return {**super().feature_cache_key(),
+                "ssvp": dict(clip_projection=self.config.model.clip_projection,
+                             use_dino=self.use_dino)}
+
+    def frozen_features(self, params, batch):
+        """Frozen backbone outputs (see `_image_features`): a dict of float32 (B, ...) arrays."""
+        return self._image_features(params, batch)
+
     def _image_features(self, params, batch):
-        """Frozen backbone features: CLIP (B, L, N, D_c|W), (B, D_c|W); DINO (B, L, N, D_d), (B, D_d)."""
+        """Frozen backbone features: clip_local (B, L, N, D_c|W), clip_global (B, D_c|W); with DINO
+        also dino_local (B, L, N, D_d), dino_global (B, D_d)."""
         clip_p = params["clip"]
         out = self.clip_model.apply({"params": clip_p}, batch["images"]["clip"], layers=self.clip_layers,
                                     method="encode_image")
@@ -336,13 +355,10 @@ class SSVP(Method):
                                       layers=self.dino_layers, method="encode_image")
             feats["dino_local"] = jnp.stack([t[:, d.num_prefix:] for t in d.layers], axis=1)
             feats["dino_global"] = d.pooled
-        else:
-            feats["dino_local"] = feats["dino_global"] = None
         return jax.tree_util.tree_map(lambda x: jax.lax.stop_gradient(x.astype(jnp.float32)), feats)
 
-    def _text_init(self, params, batch):
-        """T_init (B, 2, K, E) through the frozen text tower (gradients reach the prompts)."""
-        b = batch["images"]["clip"].shape[0]
+    def _text_init(self, params, batch, b):
+        """T_init (b, 2, K, E) through the frozen text tower (gradients reach the prompts)."""
         if self.config.model.class_words == "object":   # the same prompts for every image
             ids, eot = (jnp.asarray(a) for a in self.prompt_token_ids(["object"]))
         elif "text" in batch:
@@ -367,15 +383,19 @@ class SSVP(Method):
         Returns a dict: layer_probs (B, L, h, w) P_anom^(l); p_map (B, h, w); s_global, s_local,
         s_final (B,); v_global (B, E); t_init, t_final (B, 2, K, E); and the VAE terms.
         """
+        return self.forward_from_features(params, self._image_features(params, batch), batch, rng)
+
+    def forward_from_features(self, params, f, batch, rng=None):
+        """`forward` after the frozen backbones: f = `frozen_features` output; batch supplies
+        "text" (the class-word prompt ids) unless model.class_words="object"."""
         m = self.config.model
         head = lambda method, *a: self.head.apply({"params": params["ssvp"]}, *a, method=method)
-        f = self._image_features(params, batch)
         clip_local, clip_global = f["clip_local"], f["clip_global"]
         if m.clip_projection == "learned":
             clip_local, clip_global = head(SSVPHead.project_clip, clip_local, clip_global)
-        v_local, v_global = head(SSVPHead.synergy, clip_local, f["dino_local"], clip_global,
-                                 f["dino_global"])                                     # eqs. 1-5
-        t_init = self._text_init(params, batch)                                         # eq. 6
+        v_local, v_global = head(SSVPHead.synergy, clip_local, f.get("dino_local"), clip_global,
+                                 f.get("dino_global"))                                 # eqs. 1-5
+        t_init = self._text_init(params, batch, clip_global.shape[0])                   # eq. 6
         out = dict(v_global=v_global, t_init=t_init)
         if m.use_vcpg:
             shape = (v_global.shape[0], m.vae_latent)
@@ -418,8 +438,27 @@ class SSVP(Method):
 
     def loss_and_outputs(self, params, batch, rng):
         """(L_total, {term: scalar}, `forward` outputs) (eqs. 20-22)."""
+        return self._loss_terms(self.forward(params, batch, rng), batch)
+
+    def loss_from_features(self, params, features, batch, rng):
+        total, terms, _ = self._loss_terms(
+            self.forward_from_features(params, features, batch, rng), batch)
+        return total, terms
+
+    def outputs_from_features(self, params, features):
+        """features: `frozen_features` output plus "text" (= batch["text"]) unless
+        model.class_words="object" -> (anomaly_map (B, M, M), image_score (B,))."""
+        if "text" not in features and self.config.model.class_words != "object":
+            raise ValueError("SSVP.outputs_from_features: features has no 'text' key; pass "
+                             "{**features, 'text': batch['text']} (the class-word prompt ids made "
+                             "by prepare_batch) or set config.model.class_words='object'")
+        batch = {"text": features["text"]} if "text" in features else {}
+        out = self.forward_from_features(params, features, batch, None)
+        return self._resize(out["p_map"]), out["s_final"]
+
+    def _loss_terms(self, out, batch):
+        """Eqs. 20-22 on `forward` outputs: (L_total, {term: scalar}, out)."""
         cl = self.config.loss
-        out = self.forward(params, batch, rng)
         if cl.seg_maps == "layers":
             seg_maps = self._resize(out["layer_probs"])
         else:

@@ -47,12 +47,37 @@ def _as_image_list(maps, masks) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return out_maps, out_masks
 
 
+def label_box(mask: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray, int] | None:
+    """(H, W) bool -> (box, (h, w) int32 region ids 1..K of mask[box], K), 8-connectivity.
+
+    box: the bounding box of the mask's pixels (every region lies inside it, and the labels are
+    numbered in the same raster order as on the whole mask). None for a mask without pixels.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.shape[0] == 0:                               # normal image: nothing to label
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    regions, count = ndimage.label(mask[box], structure=_EIGHT_CONNECTED)
+    return box, regions.astype(np.int32, copy=False), int(count)
+
+
 def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """(H, W) bool -> ((H, W) int32 region ids 1..K, 0 = background; K), 8-connectivity."""
-    if not mask.any():                                   # normal image: nothing to label
-        return np.zeros(mask.shape, np.int32), 0
-    regions, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    return regions.astype(np.int32, copy=False), int(count)
+    full = np.zeros(mask.shape, np.int32)
+    labelled = label_box(mask)
+    if labelled is None:
+        return full, 0
+    box, regions, count = labelled
+    full[box] = regions
+    return full, count
+
+
+# The bound of `sorted_pixels(top_fpr=...)`: a quantile of every `_SAMPLE_STRIDE`-th key (a
+# prime stride, so no alignment with image rows or patch grids), `_SAMPLE_MARGIN` above the
+# quantile needed. The bound is checked exactly; a bound too low (never seen) costs a full sort.
+_SAMPLE_STRIDE = 13
+_SAMPLE_MARGIN = 0.01
 
 
 def sorted_pixels(maps, masks, top_fpr: float | None = None
@@ -63,62 +88,109 @@ def sorted_pixels(maps, masks, top_fpr: float | None = None
     in descending score order (equal keys = equal scores), and region sizes (K + 1,) int64
     (entry 0 = number of background pixels, over all pixels).
 
-    top_fpr: only a prefix of the order is packed and sorted: at least every pixel scoring >=
-    the score at which the FPR reaches `top_fpr` (all the AUPRO needs), found from a histogram
-    of the keys' top 16 bits. None: all pixels.
+    top_fpr: only a prefix of the order is packed and sorted: every pixel whose key is <= a
+    bound (a quantile of a sample of the keys) that is checked to keep at least
+    ceil(top_fpr * N_background) normal pixels, i.e. every pixel scoring >= the score at which
+    the FPR reaches `top_fpr` (all the AUPRO needs); whole groups of equal scores are kept.
+    None: all pixels.
     """
     map_list, mask_list = _as_image_list(maps, masks)
-    # Pass 1: regions (global ids), their sizes, and key histograms when a prefix is asked for.
-    region_list, sizes, num_regions = [], [np.zeros((1,), np.int64)], 0
     packed_path = all(m.dtype in ranking.FLOAT32_EXACT for m in map_list)
     top_fpr = top_fpr if packed_path else None
-    all_histogram = np.zeros((1 << 16,), np.int64)
-    region_histogram = np.zeros((1 << 16,), np.int64)
-    for m, g in zip(map_list, mask_list, strict=True):
-        regions, count = label_regions(g)
-        regions = regions.view(np.uint32).ravel()        # ids are >= 0: same bits
-        if count:
-            image_sizes = np.bincount(regions, minlength=count + 1)
-            sizes[0] += image_sizes[0]
-            sizes.append(image_sizes[1:])
-            regions[regions > 0] += np.uint32(num_regions)
+    # Pass 1: regions (labelled in each mask's bounding box only, with global ids) and their
+    # sizes; with top_fpr, the keys (kept for pass 2).
+    boxes: list[tuple[tuple[slice, slice], np.ndarray] | None] = []
+    sizes, num_regions, num_region_pixels = [], 0, 0
+    offsets = np.cumsum([0] + [m.size for m in map_list])
+    num_pixels = int(offsets[-1])
+    keys = np.empty((num_pixels,), np.uint32) if top_fpr is not None else None
+    for i, (m, g) in enumerate(zip(map_list, mask_list, strict=True)):
+        labelled = label_box(g)
+        if labelled is None:
+            boxes.append(None)
         else:
-            sizes[0] += regions.shape[0]
-        num_regions += count
-        region_list.append(regions)
-        if top_fpr is not None:   # (keys are recomputed in pass 2: cheaper than storing them)
-            bins = ranking.descending_key32(m.ravel()) >> np.uint32(16)
-            all_histogram += np.bincount(bins, minlength=1 << 16)
-            if count:
-                region_histogram += np.bincount(bins[regions != 0], minlength=1 << 16)
-    sizes = np.concatenate(sizes).astype(np.int64)
+            box, regions, count = labelled
+            regions = regions.view(np.uint32)            # ids are >= 0: same bits
+            image_sizes = np.bincount(regions.ravel(), minlength=count + 1)
+            sizes.append(image_sizes[1:])
+            num_region_pixels += int(image_sizes[1:].sum())
+            regions[regions != 0] += np.uint32(num_regions)
+            num_regions += count
+            boxes.append((box, regions))
+        if keys is not None:
+            ranking.descending_key32(m.ravel(), out=keys[offsets[i]:offsets[i + 1]])
+    num_background = num_pixels - num_region_pixels
+    sizes = np.concatenate([np.array([num_background], np.int64)] + sizes).astype(np.int64)
     if not packed_path:
+        region_ids = np.zeros((num_pixels,), np.uint32)
+        for i, (m, labelled) in enumerate(zip(map_list, boxes, strict=True)):
+            if labelled is not None:
+                region_ids[offsets[i]:offsets[i + 1]].reshape(m.shape)[labelled[0]] = labelled[1]
         scores = np.concatenate([m.ravel() for m in map_list]).astype(np.float64)
-        keys, payload = ranking.sort_descending(scores, np.concatenate(region_list))
+        keys, payload = ranking.sort_descending(scores, region_ids)
         return keys, payload, sizes
 
-    # The FPR reaches top_fpr at the k-th highest background score; every pixel whose key lies
-    # in that key bin or a lower one (= a higher score) is kept: a prefix of the sorted order.
-    bound, total = None, sum(m.size for m in map_list)
-    if top_fpr is not None and sizes[0] > 0:
-        k = max(int(np.ceil(top_fpr * sizes[0])), 1)
-        last_bin = int(np.searchsorted(np.cumsum(all_histogram - region_histogram), k))
-        bound = np.uint32(min(((last_bin + 1) << 16) - 1, 2**32 - 1))
-        total = int(all_histogram[:last_bin + 1].sum())
-    # Pass 2: pack (key << 32 | region id) of the kept pixels, then one sort.
-    packed = np.empty((total,), np.uint64)
-    offset = 0
-    for i, m in enumerate(map_list):
-        key32, regions = ranking.descending_key32(m.ravel()), region_list[i]
-        region_list[i] = None                              # freed as packing proceeds
+    packed = np.empty((num_pixels,), np.uint64)          # pages past the kept prefix unused
+    bound = None
+    if top_fpr is not None and num_background > 0:
+        # The FPR reaches top_fpr at the k-th highest normal pixel: keeping k + (all region
+        # pixels) of the lowest keys keeps >= k normal pixels.
+        k = max(int(np.ceil(top_fpr * num_background)), 1)
+        bound = _sampled_bound(keys, (k + num_region_pixels) / num_pixels)
         if bound is not None:
-            keep = key32 <= bound
-            key32, regions = key32[keep], regions[keep]
-        ranking.pack_key_payload(key32, regions, packed[offset:offset + key32.shape[0]])
-        offset += key32.shape[0]
+            kept, kept_background = _pack(map_list, boxes, keys, offsets, bound, packed)
+            if kept_background < k:                      # the sample misled: sort everything
+                bound = None
+    if bound is None:
+        kept, _ = _pack(map_list, boxes, keys, offsets, None, packed)
+    del keys
+    packed = packed[:kept]
     packed.sort()
     keys, payload = ranking.split_packed(packed)
     return keys, payload, sizes
+
+
+def _sampled_bound(keys: np.ndarray, fraction: float) -> np.uint32 | None:
+    """A key whose rank among `keys` (P,) uint32 is about `fraction` + margin, from a strided
+    sample; None when that is (nearly) all the keys."""
+    fraction += _SAMPLE_MARGIN
+    sample = keys[::_SAMPLE_STRIDE].copy()
+    if fraction >= 1.0 or sample.shape[0] < 2:
+        return None
+    index = min(int(np.ceil(fraction * sample.shape[0])), sample.shape[0] - 1)
+    sample.partition(index)
+    return sample[index]
+
+
+def _pack(map_list, boxes, keys, offsets, bound, packed) -> tuple[int, int]:
+    """Writes key << 32 | region id of every pixel with key <= bound (all: bound None) to the
+    front of `packed`. keys: (P,) uint32 keys of all pixels, or None to compute them here.
+    Returns (pixels written, normal pixels among them)."""
+    written = region_written = 0
+    high_bound = None if bound is None else (np.uint64(bound) << np.uint64(32)) | np.uint64(
+        2**32 - 1)
+    for i, (m, labelled) in enumerate(zip(map_list, boxes, strict=True)):
+        image_keys = (keys[offsets[i]:offsets[i + 1]] if keys is not None
+                      else ranking.descending_key32(m.ravel()))
+        image_packed = packed[written:written + m.size] if bound is None else None
+        image_packed = np.left_shift(image_keys, np.uint64(32), out=image_packed,
+                                     dtype=np.uint64)
+        if labelled is not None:
+            box, regions = labelled
+            image_packed.reshape(m.shape)[box] |= regions
+            if bound is not None:
+                in_box = image_keys.reshape(m.shape)[box]
+                region_written += int(np.count_nonzero((in_box <= bound) & (regions != 0)))
+            else:
+                region_written += int(np.count_nonzero(regions))
+        if bound is None:
+            written += m.size
+        else:
+            keep = image_packed <= high_bound
+            count = int(np.count_nonzero(keep))
+            np.compress(keep, image_packed, out=packed[written:written + count])
+            written += count
+    return written, written - region_written
 
 
 def area_to_limit(x: np.ndarray, y: np.ndarray, limit: float) -> float:
@@ -149,24 +221,29 @@ def pro_curve(keys: np.ndarray, region_ids: np.ndarray, sizes: np.ndarray,
     needs), so the PRO sums run over the top-scored pixels only. Returns fpr, pro (G' + 1,)
     float64 and the pixel ThresholdCounts (all thresholds).
     """
-    counts = ranking.counts_from_sorted(keys, region_ids != 0)
+    in_region = region_ids != 0
+    counts = ranking.counts_from_sorted(keys, in_region)
     num_regions = sizes.shape[0] - 1
-    fpr = counts.fp / max(int(sizes[0]), 1)
-    num_points = fpr.shape[0]
-    if fpr_limit is not None:
-        num_points = min(int(np.searchsorted(fpr, fpr_limit, side="right")) + 1, num_points)
-    ends = counts.group_ends[:num_points]
-    fpr = np.concatenate([[0.0], fpr[:num_points]])
+    num_points = counts.fp.shape[0]
+    if fpr_limit is not None:   # fp / N <= limit up to index searchsorted(...) - 1
+        fpr_all = counts.fp / max(int(sizes[0]), 1)
+        num_points = min(int(np.searchsorted(fpr_all, fpr_limit, side="right")) + 1, num_points)
+        del fpr_all
+    # Both curves start at (0, 0): written after a leading 0 (no concatenation copies).
+    fpr = np.zeros((num_points + 1,), np.float64)
+    np.divide(counts.fp[:num_points], max(int(sizes[0]), 1), out=fpr[1:])
+    pro = np.zeros_like(fpr)
     if num_regions == 0 or num_points == 0:
-        return fpr, np.zeros_like(fpr), counts
+        return fpr, pro, counts
     weight = 1.0 / (sizes[1:] * num_regions)            # 1 / (|region k| * N_regions)
     # PRO only grows at region pixels: cumulate over those, read at each group's TP count.
-    region_pixels = region_ids[:ends[-1] + 1]
-    region_pixels = region_pixels[region_pixels != 0]
+    end = int(counts.group_ends[num_points - 1]) + 1
+    region_pixels = region_ids[:end][in_region[:end]]
     cumulative = np.zeros((region_pixels.shape[0] + 1,), np.float64)
-    np.cumsum(weight[region_pixels - 1], out=cumulative[1:])
-    pro = cumulative[counts.tp[:num_points].astype(np.int64)]
-    return fpr, np.concatenate([[0.0], pro]), counts
+    np.subtract(region_pixels, 1, out=region_pixels)     # region id k -> weight index k - 1
+    np.cumsum(weight[region_pixels], out=cumulative[1:])
+    np.take(cumulative, counts.tp[:num_points].astype(np.intp), out=pro[1:])
+    return fpr, pro, counts
 
 
 def check_fpr_limit(fpr_limit: float) -> float:
@@ -211,5 +288,5 @@ def aupro(maps, masks, fpr_limit: float = 0.3) -> float | None:
     return normalized_area(fpr, pro, fpr_limit)
 
 
-__all__: Sequence[str] = ("aupro", "area_to_limit", "label_regions", "pixel_metrics", "pro_curve",
-                          "sorted_pixels")
+__all__: Sequence[str] = ("aupro", "area_to_limit", "label_box", "label_regions", "pixel_metrics",
+                          "pro_curve", "sorted_pixels")

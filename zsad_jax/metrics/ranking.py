@@ -93,12 +93,17 @@ def check_same_shape(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> No
 # Sorting
 # ---------------------------------------------------------------------------------------------
 
-def descending_key32(scores: np.ndarray) -> np.ndarray:
+def descending_key32(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 scores -> uint32 keys whose ascending order is the scores' descending order.
 
-    Equal scores (including -0.0 and +0.0) get equal keys. (N,) -> (N,).
+    Equal scores (including -0.0 and +0.0) get equal keys. (N,) -> (N,). `out`: an optional
+    (N,) uint32 array to write the keys into (no temporary).
     """
-    return _descending_key(np.add(scores, np.float32(0.0), dtype=np.float32), np.int32, 31)
+    if out is None:
+        values = np.add(scores, np.float32(0.0), dtype=np.float32)
+    else:
+        values = np.add(scores, np.float32(0.0), out=out.view(np.float32), dtype=np.float32)
+    return _descending_key(values, np.int32, 31)
 
 
 def descending_key64(scores: np.ndarray) -> np.ndarray:
@@ -114,8 +119,8 @@ def _descending_key(values: np.ndarray, signed, bits: int) -> np.ndarray:
     flip = np.right_shift(as_int, bits)                  # 0 (>= 0) or -1 (< 0)
     np.invert(flip, out=flip)                            # -1 (>= 0) or 0 (< 0)
     np.bitwise_and(flip, signed(np.iinfo(signed).max), out=flip)
-    np.bitwise_xor(as_int, flip, out=flip)
-    return flip.view(np.uint32 if bits == 31 else np.uint64)
+    np.bitwise_xor(as_int, flip, out=as_int)             # the keys, in place of the values
+    return as_int.view(np.uint32 if bits == 31 else np.uint64)
 
 
 def pack_key_payload(key32: np.ndarray, payload: np.ndarray, out: np.ndarray) -> None:

@@ -29,6 +29,7 @@ import os
 import pathlib
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -102,13 +103,21 @@ class FeatureCache:
         return int(self.meta["num_records"])
 
     def rows(self, index: np.ndarray) -> dict:
-        """Host batch of the given record rows: features (bf16), masks (f32), labels (int32)."""
-        feats = [np.asarray(leaf[index]).view(ml_dtypes.bfloat16)
-                 if meta["stored"] == "bfloat16" else np.asarray(leaf[index])
+        """Host batch of the given record rows: features (bf16), masks (f32), labels (int32).
+
+        The rows are read from the memory maps in ascending order (each row is one contiguous
+        block; ascending reads let the OS read ahead) and put back in the order of `index`.
+        """
+        index = np.asarray(index, np.int64)
+        order = np.argsort(index, kind="stable")
+        ascending, back = index[order], np.argsort(order, kind="stable")
+        read = lambda array: np.asarray(array[ascending])[back]
+        feats = [read(leaf).view(ml_dtypes.bfloat16) if meta["stored"] == "bfloat16"
+                 else read(leaf)
                  for leaf, meta in zip(self.leaves, self.meta["leaves"], strict=True)]
         return {"features": jax.tree_util.tree_unflatten(self.treedef, feats),
-                "masks": np.asarray(self.masks[index], np.float32),
-                "labels": np.asarray(self.labels[index], np.int32)}
+                "masks": read(self.masks).astype(np.float32),
+                "labels": read(self.labels).astype(np.int32)}
 
 
 def build_or_open(cache_root: pathlib.Path, key: dict, records: Sequence[Any],
@@ -189,12 +198,14 @@ class CachedLoader:
     """Infinite iterator of this process's host batches from a `FeatureCache`.
 
     Same contract as `data.TrainLoader`: shuffle from (seed, epoch), drop remainder,
-    `steps_per_epoch`, `get_state()` / `set_state()`.
+    `steps_per_epoch`, `get_state()` / `set_state()`. With `prefetch` (default) the next batch is
+    read on a background thread while the current step runs; the batches and the state are the
+    same either way.
     """
 
     def __init__(self, cache: FeatureCache, global_batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1,
-                 class_names: Sequence[str] | None = None):
+                 class_names: Sequence[str] | None = None, prefetch: bool = True):
         if global_batch_size % process_count:
             raise ValueError(f"batch size {global_batch_size} not divisible by {process_count} "
                              f"processes")
@@ -211,24 +222,44 @@ class CachedLoader:
         if self.class_names is not None and len(self.class_names) != len(cache):
             raise ValueError(f"{len(self.class_names)} class names for {len(cache)} cached records")
         self.position = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="feature-cache") if prefetch else None
+        self._ahead: tuple[int, Future] | None = None     # (position, its batch being read)
 
     def get_state(self) -> dict:
         return {"position": self.position}
 
     def set_state(self, state: dict) -> None:
         self.position = int(state["position"])
+        self._ahead = None
 
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict:
-        epoch, step = divmod(self.position, self.steps_per_epoch)
+    def batch_at(self, position: int) -> dict:
+        """This process's host batch number `position` (0-based, counting across epochs)."""
+        epoch, step = divmod(position, self.steps_per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.cache))
         rows = order[step * self.global_batch_size:(step + 1) * self.global_batch_size]
         start = self.process_index * self.local_batch_size
-        self.position += 1
         mine = rows[start:start + self.local_batch_size]
         batch = self.cache.rows(mine)
         if self.class_names is not None:
             batch["class_name"] = self.class_names[mine]
         return batch
+
+    def __next__(self) -> dict:
+        position = self.position
+        if self._ahead is not None and self._ahead[0] == position:
+            batch = self._ahead[1].result()
+        else:
+            batch = self.batch_at(position)
+        self.position += 1
+        self._ahead = (None if self._pool is None else
+                       (self.position, self._pool.submit(self.batch_at, self.position)))
+        return batch
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._ahead = None
