@@ -97,6 +97,13 @@ def test_resolve_synthetic_protocol(tmp_path):
     assert (tmp_path / "synthetic/brick/test/good/000.png").stat().st_mtime_ns == stamp
 
 
+def test_resolve_protocol_index_check_mode(tmp_path):
+    train, _ = data.resolve_protocol(_config(index_check="header"), tmp_path)
+    assert train
+    with pytest.raises(ValueError, match="'bogus'"):
+        data.resolve_protocol(_config(index_check="bogus"), tmp_path)
+
+
 def test_visa_to_mvtec_protocol(tmp_path, caplog):
     fx.make_visa(tmp_path / "visa", classes=data.DATASETS["visa"].classes)
     fx.make_mvtec_like(tmp_path / "elsewhere", data.DATASETS["mvtec"].classes,

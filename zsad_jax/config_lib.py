@@ -264,6 +264,7 @@ def base_config() -> ml_collections.ConfigDict:
         num_workers=2,                  # grain worker processes (0 = in-process)
         prefetch=2,                     # batches read ahead per worker
         skip_unreadable=False,          # True: unreadable images are skipped with a warning + count
+        index_check="decode",           # "decode" every file before training, or "header" (fast)
         synthetic_seed=0,               # seed of the generated demo dataset
     ))
 

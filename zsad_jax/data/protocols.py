@@ -90,7 +90,8 @@ def _load(source: Source, config, workdir) -> list[Record]:
     if not root.is_dir():
         raise _missing_root_error(source.dataset, root, config)
     return registry.load_index(source.dataset, root, split=source.split, classes=source.classes,
-                               skip_unreadable=bool(config.data.get("skip_unreadable", False)))
+                               skip_unreadable=bool(config.data.get("skip_unreadable", False)),
+                               check=config.data.get("index_check", "decode"))
 
 
 def check_no_leak(train: list[Record], evals: dict[str, list[Record]]) -> None:
@@ -113,7 +114,8 @@ def check_no_leak(train: list[Record], evals: dict[str, list[Record]]) -> None:
 def resolve_protocol(config, workdir) -> tuple[list[Record], dict[str, list[Record]]]:
     """(train records, {eval dataset name: records}) for `config.data.protocol`.
 
-    Reads config.data.protocol / data_dir / roots.<name> / synthetic_seed / skip_unreadable.
+    Reads config.data.protocol / data_dir / roots.<name> / synthetic_seed / skip_unreadable /
+    index_check.
     "synthetic" is generated under <workdir>/synthetic if absent. Raises DatasetError for a
     missing root (naming the dataset, where it looked, the layout and how to prepare it) and for
     any leak of evaluation images or classes into training.
