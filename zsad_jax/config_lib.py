@@ -207,6 +207,9 @@ def main_with_config(main, argv: Sequence[str] | None = None) -> None:
     """Runs an absl `main` after `prepare_argv`; config errors exit with a one-line message."""
     from absl import app
 
+    from zsad_jax.cli_logging import quiet_library_info
+
+    quiet_library_info()
     argv = list(sys.argv if argv is None else argv)
     try:
         argv = prepare_argv(argv)
