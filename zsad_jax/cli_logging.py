@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-# Libraries whose INFO records (one per checkpoint file, thread pool, ...) drown the progress lines.
-NOISY_PACKAGES = ("/orbax/", "/grain/", "/jax/_src/")
+# Libraries logging through absl.logging whose INFO records (one per checkpoint file, thread
+# pool, ...) drown the progress lines. jax logs through python loggers named "jax.*" instead.
+NOISY_PACKAGES = ("/orbax/", "/grain/")
 
 
 class _DropLibraryInfo(logging.Filter):
@@ -18,8 +19,7 @@ class _DropLibraryInfo(logging.Filter):
 
 def quiet_library_info() -> None:
     """Drops INFO/DEBUG records emitted from orbax, grain and jax internals (warnings stay)."""
-    for name in ("jax", "orbax", "grain"):     # libraries that log through python loggers
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logger = logging.getLogger("absl")         # ... and those that log through absl.logging
+    logging.getLogger("jax").setLevel(logging.WARNING)
+    logger = logging.getLogger("absl")
     if not any(isinstance(f, _DropLibraryInfo) for f in logger.filters):
         logger.addFilter(_DropLibraryInfo())

@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from zsad_jax.data import make_global_batch
+from zsad_jax import data, methods
 from zsad_jax.training import checkpoint as checkpoint_lib
 from zsad_jax.training import feature_cache as cache_lib
 from zsad_jax.training import optimizer as optimizer_lib
@@ -67,8 +67,6 @@ def _host(x) -> np.ndarray:
 def check_inputs(method, config: ml_collections.ConfigDict, workdir: pathlib.Path):
     """(train_records, {dataset: eval records}); raises MissingInputsError listing every missing
     weights folder and dataset with the commands that provide them."""
-    from zsad_jax import data
-
     problems = []
     for path, how in method.required_files():
         if not pathlib.Path(path).expanduser().exists():
@@ -77,7 +75,7 @@ def check_inputs(method, config: ml_collections.ConfigDict, workdir: pathlib.Pat
     train_records = eval_sets = None
     try:
         train_records, eval_sets = data.resolve_protocol(config, workdir)
-    except (FileNotFoundError, NotADirectoryError, _dataset_error()) as e:
+    except (FileNotFoundError, NotADirectoryError, data.DatasetError) as e:
         problems.append(f"- data: {e}")
     if problems:
         raise MissingInputsError(
@@ -86,12 +84,6 @@ def check_inputs(method, config: ml_collections.ConfigDict, workdir: pathlib.Pat
     if not train_records:
         raise MissingInputsError(f"protocol {config.data.protocol!r} gave no training records")
     return train_records, eval_sets
-
-
-def _dataset_error() -> type[Exception]:
-    from zsad_jax.data import records
-
-    return records.DatasetError
 
 
 def _dummy_host_batch(method, batch_size: int) -> dict:
@@ -121,8 +113,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     `stop_at_step`: return right after that step (and its checkpoint, if one is due) as if the
     process had been killed there - for resume tests and time-limited jobs.
     """
-    from zsad_jax import data, methods
-
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     method = methods.build(config)
@@ -156,7 +146,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         key = cache_lib.cache_key(method, config, frozen_fingerprint, train_records)
 
         def extract(host_batch):
-            batch = make_global_batch(method.prepare_batch(host_batch), mesh)
+            batch = data.make_global_batch(method.prepare_batch(host_batch), mesh)
             return feature_fn(trainable, frozen, batch)
 
         def gather(tree):
@@ -184,7 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         def to_device(host):
             # prepare_batch keeps masks/labels and adds method keys (e.g. per-class prompt ids).
             prepared = method.prepare_batch({k: v for k, v in host.items() if k != "features"})
-            return make_global_batch({**prepared, "features": host["features"]}, mesh)
+            return data.make_global_batch({**prepared, "features": host["features"]}, mesh)
 
         del dummy_host["images"]
         dummy = {**method.prepare_batch(dummy_host), "features": feature_shapes}
@@ -196,7 +186,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                                   prefetch=config.data.prefetch)
         # Every key of the prepared batch (methods may add some, e.g. SSVP's prompt ids),
         # sharded on its leading (batch) axis.
-        to_device = lambda host: make_global_batch(method.prepare_batch(host), mesh)
+        to_device = lambda host: data.make_global_batch(method.prepare_batch(host), mesh)
 
     steps_per_epoch = loader.steps_per_epoch
     total_steps = total_train_steps(config, steps_per_epoch)
