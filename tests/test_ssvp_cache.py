@@ -42,7 +42,7 @@ def test_loss_and_outputs_from_features_equal_the_image_path(variant):
     other = {**batch, "text": _batch(method, size=4)["text"]}
     other["text"] = {"ids": other["text"]["ids"][::-1], "eot": other["text"]["eot"][::-1]}
     moved, _ = jax.jit(method.loss_from_features)(params, features, other, rng)
-    assert abs(float(moved) - float(direct)) > 1e-6
+    assert abs(float(moved) - float(direct)) > 1e-4 * abs(float(direct))
 
     amap, score = jax.jit(method.anomaly_outputs)(params, batch)
     amap_f, score_f = jax.jit(method.outputs_from_features)(params, {**features,

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import assert_gradient_reaches
 
 from zsad_jax import config_lib, methods
 from zsad_jax.methods.base import path_str
@@ -168,9 +169,8 @@ def test_forward_without_vtam_and_gradients_reach_the_prompts():
     ln = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(out["t_final"], ln, atol=1e-4)
     assert not np.allclose(out["t_init"][0], out["t_init"][1])   # class words differ per image
-    assert np.abs(np.asarray(grads["prompts"]["state"])).max() > 0
-    assert np.abs(np.asarray(grads["prompts"]["bg"])).max() > 0
-    assert "moe" not in grads and np.abs(np.asarray(grads["injection"]["alpha"])) > 0
+    assert "moe" not in grads
+    assert_gradient_reaches(grads, ["prompts/state", "prompts/bg", "injection/alpha"])
 
 
 def test_converted_weight_folders_are_loaded(tmp_path):

@@ -113,7 +113,10 @@ class VisualAD(Method):
             saf_hidden=m.saf_hidden, use_sca=m.use_sca, use_saf=m.use_saf)
         mean, std = backbones.normalization(self.arch)
         self._view = ImageView(size=bb.image_size, mean=tuple(mean), std=tuple(std))
-        patterns = [r"^head/(?!anomaly_pos$|normal_pos$)"]
+        # SCA's key LayerNorm bias adds one vector to every key, which shifts each anchor's
+        # logits by a constant that softmax ignores: its gradient is exactly zero, so it is
+        # frozen (the release trains it; only weight decay ever changes it, without effect).
+        patterns = [r"^head/(?!anomaly_pos$|normal_pos$|sca_\d+/k_norm/bias$)"]
         if m.learn_token_pos:
             patterns.append(r"^head/(anomaly_pos|normal_pos)$")
         if m.train_final_norm:
