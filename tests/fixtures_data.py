@@ -9,6 +9,8 @@ pixels), so a mask paired with the wrong image is detected.
 from __future__ import annotations
 
 import csv
+import json
+import os
 import pathlib
 
 import numpy as np
@@ -279,3 +281,140 @@ def as_expected(records, root: pathlib.Path) -> Expected:
 
     return {rel(r.image_path): (r.label, r.class_name, r.defect, rel(r.mask_path))
             for r in records}
+
+
+# ---- the medical layouts of the zero-shot repositories (AnomalyCLIP / VisualAD / AdaCLIP) ------
+def make_headct_folders(root: pathlib.Path, folder: str = "brain") -> Expected:
+    """HeadCT as `<folder>/test/{good,<defect>}/<id>.png` (no masks); `brain` (AnomalyCLIP,
+    VisualAD) or `headct` (AdaCLIP, which also leaves an empty `train/good`)."""
+    expected: Expected = {}
+    for i, defect in enumerate(("good", "good", "hemorrhage", "hemorrhage")):
+        rel = f"{folder}/test/{defect}/{i:03d}.png"
+        save(root / rel, image_array(i, gray=True))
+        expected[rel] = (int(defect != "good"), "head", defect, None)
+    if folder == "headct":
+        (root / folder / "train" / "good").mkdir(parents=True)
+    return expected
+
+
+def make_clinicdb_images_masks(root: pathlib.Path) -> Expected:
+    """CVC-ClinicDB as AnomalyCLIP/VisualAD keep it: `images/<n>.png` + `masks/<n>.png`."""
+    return make_pairs(root, "images", "masks", "colon", ".png", ".png")
+
+
+def make_isic_skin(root: pathlib.Path, specie: str = "anomaly") -> Expected:
+    """ISIC as AnomalyCLIP/VisualAD lay it out: `skin/test/<specie>/ISIC_<id>.jpg` with masks
+    `skin/ISBI2016_ISIC_Part1_Test_GroundTruth/ISIC_<id>_Segmentation.png`."""
+    expected = make_pairs(root, f"skin/test/{specie}", "skin/ISBI2016_ISIC_Part1_Test_GroundTruth",
+                          "skin", ".jpg", ".png", "_Segmentation",
+                          names=("ISIC_0000003", "ISIC_0000012"))
+    return {k: (label, cls, specie, mask) for k, (label, cls, _, mask) in expected.items()}
+
+
+# ---- meta.json as the generate_dataset_json scripts write it ----------------------------------
+# Written like AnomalyCLIP's / VisualAD's scripts: os.listdir order for species, images and masks
+# each sorted and paired BY POSITION, `json.dumps(info, indent=4) + "\n"` into <root>/meta.json.
+def meta_entry(img_path: str, mask_path: str, cls_name: str, specie_name: str, anomaly: int,
+               **extra) -> dict:
+    return dict(img_path=img_path, mask_path=mask_path, cls_name=cls_name,
+                specie_name=specie_name, anomaly=anomaly, **extra)
+
+
+def write_meta(root: pathlib.Path, info: dict) -> dict:
+    (root / "meta.json").write_text(json.dumps(info, indent=4) + "\n")
+    return info
+
+
+def meta_defect_folders(root: pathlib.Path, classes, phases=("train", "test"), normal="good",
+                        gt="ground_truth", masks=True, cls_prefix="") -> dict:
+    """mvtec.py / mpdd.py / btad.py (normal "ok") / DTD.py / SDD.py / isbi-like folders:
+    `<cls>/<phase>/<specie>/<img>`, masks `<cls>/<gt>/<specie>/` (or `<cls>/<gt>/` when `gt`
+    ends with "/": isbi.py) paired by sorted position; head_ct.py with masks=False."""
+    info = {"train": {}, "test": {}}
+    for cls in classes:
+        for phase in phases:
+            entries = []
+            for specie in os.listdir(root / cls / phase):
+                abnormal = specie != normal
+                names = sorted(os.listdir(root / cls / phase / specie))
+                mask_dir = gt.rstrip("/") if gt.endswith("/") else f"{gt}/{specie}"
+                mask_names = (sorted(os.listdir(root / cls / mask_dir))
+                              if abnormal and masks else None)
+                for k, name in enumerate(names):
+                    mask = f"{cls_prefix}{cls}/{mask_dir}/{mask_names[k]}" if mask_names else ""
+                    entries.append(meta_entry(f"{cls_prefix}{cls}/{phase}/{specie}/{name}",
+                                              mask if abnormal else "", cls, specie, int(abnormal)))
+            info[phase][cls] = entries
+    return write_meta(root, info)
+
+
+def meta_visa(root: pathlib.Path) -> dict:
+    """visa.py: the rows of split_csv/1cls.csv; specie_name "" and mask "" for normal rows."""
+    info = {"train": {}, "test": {}}
+    with open(root / "split_csv" / "1cls.csv", newline="", encoding="utf-8-sig") as f:
+        for row in csv.DictReader(f):
+            abnormal = row["label"] == "anomaly"
+            info[row["split"]].setdefault(row["object"], []).append(meta_entry(
+                row["image"], row["mask"] if abnormal else "", row["object"], "", int(abnormal)))
+    return write_meta(root, info)
+
+
+def meta_images_masks(root: pathlib.Path, cls: str = "colon") -> dict:
+    """clinicDB.py / colonDB.py / kvasir.py: `cls_dir = root` as given (absolute), so paths are
+    `<root>/images/<name>` and `<root>/masks/<name>`, paired by sorted position; test only."""
+    names, masks = sorted(os.listdir(root / "images")), sorted(os.listdir(root / "masks"))
+    entries = [meta_entry(f"{root}/images/{n}", f"{root}/masks/{masks[k]}", cls, "", 1)
+               for k, n in enumerate(names)]
+    return write_meta(root, {"train": {}, "test": {cls: entries}})
+
+
+def meta_yes_no(root: pathlib.Path, wrapper: str = "brain_tumor_dataset") -> dict:
+    """brainmri.py (`<root>/brain_tumor_dataset/<specie>/<img>`) and br35.py (`cls_dir =
+    f'{root}/'`, so `<root>//<specie>/<img>`): absolute paths, "no" is normal, mask ""."""
+    cls_dir = f"{root}/{wrapper}" if wrapper else f"{root}/"
+    entries = []
+    for specie in os.listdir(cls_dir):
+        if not os.path.isdir(f"{cls_dir}/{specie}"):
+            continue
+        for name in sorted(os.listdir(f"{cls_dir}/{specie}")):
+            entries.append(meta_entry(f"{cls_dir}/{specie}/{name}", "", "brain", specie,
+                                      int(specie != "no")))
+    return write_meta(root, {"train": {}, "test": {"brain": entries}})
+
+
+def meta_dagm(root: pathlib.Path, classes=("Class1", "Class2")) -> dict:
+    """DAGM.py: split keys "Train"/"Test"; `Label/<id>_label.PNG` masks; specie_name ""."""
+    info = {"Train": {}, "Test": {}}
+    for cls in classes:
+        for phase in ("Train", "Test"):
+            images = sorted(f for f in os.listdir(root / cls / phase) if f.endswith(".PNG"))
+            labels = sorted(f for f in os.listdir(root / cls / phase / "Label") if f.endswith(".PNG"))
+            defective = [f.split("_")[0] + ".PNG" for f in labels]
+            normal = sorted(set(images) - set(defective))
+            info[phase][cls] = (
+                [meta_entry(f"{cls}/{phase}/{f}", "", cls, "", 0) for f in normal]
+                + [meta_entry(f"{cls}/{phase}/{f}", f"{cls}/{phase}/Label/{m}", cls, "", 1)
+                   for f, m in zip(defective, labels, strict=True)])
+    return write_meta(root, info)
+
+
+def meta_bayes_pfl(root: pathlib.Path, classes) -> dict:
+    """Bayes-PFL's make_meta.py (its file placed at <root>/meta.json): paths start with the root's
+    folder name, masks named like their image (`.bmp` -> `.png`), an extra `dataset_name` key, and
+    a placeholder entry (empty paths) for an empty folder outside the test split."""
+    info = {"train": {}, "test": {}}
+    for cls in classes:
+        for phase in ("train", "test"):
+            entries = []
+            for specie in sorted(os.listdir(root / cls / phase)):
+                abnormal = specie != "good"
+                names = sorted(os.listdir(root / cls / phase / specie))
+                if not names and phase != "test":
+                    entries.append(meta_entry("", "", cls, specie, int(abnormal), dataset_name=""))
+                for name in names:
+                    mask = f"{root.name}/{cls}/ground_truth/{specie}/{name.replace('.bmp', '.png')}"
+                    entries.append(meta_entry(f"{root.name}/{cls}/{phase}/{specie}/{name}",
+                                              mask if abnormal else "", cls, specie, int(abnormal),
+                                              dataset_name=name.split("_")[0]))
+            info[phase][cls] = entries
+    return write_meta(root, info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 
@@ -125,6 +126,41 @@ def test_headct_row_to_missing_file(tmp_path):
         data.load_index("headct", tmp_path)
 
 
+@pytest.mark.parametrize("folder", ["brain", "headct"])
+def test_headct_repository_layouts(tmp_path, folder):
+    """AnomalyCLIP/VisualAD `brain/test/{good,<defect>}` and AdaCLIP `headct/test/...`."""
+    expected = fx.make_headct_folders(tmp_path, folder)
+    assert _index("headct", tmp_path) == expected
+
+
+def test_clinicdb_images_masks_and_isic_skin_layouts(tmp_path):
+    expected = fx.make_clinicdb_images_masks(tmp_path / "clinicdb")
+    assert _index("clinicdb", tmp_path / "clinicdb") == expected
+    expected = fx.make_isic_skin(tmp_path / "isic")
+    fx.save(tmp_path / "isic/skin/test/good/ISIC_0000100.jpg", fx.image_array(7), "JPEG")
+    expected["skin/test/good/ISIC_0000100.jpg"] = (0, "skin", "good", None)
+    assert _index("isic", tmp_path / "isic") == expected
+    with pytest.raises(data.DatasetError, match=r"(?s)\[isic\] no known layout of the 'train' "
+                                                r"split.*ISBI2016_ISIC_Part1_Training_Data"):
+        data.load_index("isic", tmp_path / "isic", split="train")
+
+
+@pytest.mark.parametrize("name,paths", [
+    ("headct", ["<root>/labels.csv", "<root>/head_ct/", "<root>/brain/test/{good,<defect>}/*",
+                "<root>/headct/test/"]),
+    ("clinicdb", ["<root>/Original/", "<root>/Ground Truth/", "<root>/images/", "<root>/masks/"]),
+    ("isic", ["<root>/ISBI2016_ISIC_Part1_Test_Data/", "<root>/ISBI2016_ISIC_Part1_Test_GroundTruth/",
+              "<root>/skin/test/<specie>/", "<root>/skin/ISBI2016_ISIC_Part1_Test_GroundTruth/"]),
+])
+def test_medical_error_lists_every_layout(tmp_path, name, paths):
+    fx.save(tmp_path / "unrelated/0.png", fx.image_array(0))
+    with pytest.raises(data.DatasetError, match=rf"\[{name}\] no known layout") as caught:
+        data.load_index(name, tmp_path)
+    message = str(caught.value)
+    for path in paths:
+        assert path in message, path
+
+
 @pytest.mark.parametrize("name", ["clinicdb", "colondb", "kvasir", "isic"])
 def test_segmentation_only_sets(tmp_path, name):
     expected = getattr(fx, f"make_{name}")(tmp_path)
@@ -154,6 +190,57 @@ def test_folder_partial_masks_is_an_error(tmp_path):
     (tmp_path / "widget/ground_truth/dent/1_mask.png").unlink()
     with pytest.raises(data.DatasetError, match=r"\[folder\].*widget.*dent.*no mask"):
         data.load_index("folder", tmp_path)
+
+
+def test_folder_misnamed_masks_are_an_error(tmp_path):
+    """`0-mask.png` pairs with no image: today's silent "no masks" becomes an error naming it."""
+    fx.make_folder(tmp_path)
+    gt = tmp_path / "widget/ground_truth/dent"
+    for i in range(2):
+        (gt / f"{i}_mask.png").rename(gt / f"{i}-mask.png")
+    with pytest.raises(data.DatasetError) as caught:
+        data.load_index("folder", tmp_path)
+    message = str(caught.value)
+    assert re.search(r"\[folder\] 2 mask\(s\) of class 'widget' pair with no image", message)
+    assert re.search(r"dent/0-mask\.png: no image \S+/widget/dent/0-mask\.<ext>; images of 'dent' "
+                     r"without a mask: 0\.jpg, 1\.jpg", message)
+    assert "<stem>_mask.<ext> or <stem>.<ext>" in message
+
+
+@pytest.mark.parametrize("mvtec_layout", [False, True])
+def test_folder_masks_without_images_are_an_error(tmp_path, mvtec_layout):
+    if mvtec_layout:
+        fx.make_mvtec_like(tmp_path, ("widget",), defects=("dent",))
+        gt, images = tmp_path / "widget/ground_truth", "widget/test"
+    else:
+        fx.make_folder(tmp_path)
+        gt, images = tmp_path / "widget/ground_truth", "widget"
+    fx.save(gt / "dent/7_mask.png", fx.mask_array(3))  # its image was removed
+    fx.save(gt / "dents/0_mask.png", fx.mask_array(3))  # no defect folder "dents"
+    with pytest.raises(data.DatasetError) as caught:
+        data.load_index("folder", tmp_path, classes=["widget"])
+    message = str(caught.value)
+    assert "2 mask(s) of class 'widget' pair with no image" in message
+    assert re.search(rf"dent/7_mask\.png: no image \S+/{images}/dent/7\.<ext>", message)
+    assert re.search(rf"dents/0_mask\.png: no defect folder \S+/{images}/dents/", message)
+    if mvtec_layout:  # masks belong to the test split: the train split is still readable
+        assert len(data.load_index("folder", tmp_path, split="train", classes=["widget"])) == 2
+
+
+@pytest.mark.parametrize("layout", ["native", "meta_json"])
+def test_all_zero_mask_of_an_anomalous_image_warns(tmp_path, caplog, layout):
+    fx.make_mvtec_like(tmp_path, ("bottle",), defects=("scratch",))
+    if layout == "meta_json":
+        fx.meta_defect_folders(tmp_path, ("bottle",))
+    fx.save(tmp_path / "bottle/ground_truth/scratch/001_mask.png", fx.mask_array(0))
+    with caplog.at_level(logging.WARNING):
+        data.load_index("mvtec", tmp_path, classes=["bottle"], check="header", layout=layout)
+    assert not caplog.records  # headers only: masks are not decoded
+    with caplog.at_level(logging.WARNING):
+        data.load_index("mvtec", tmp_path, classes=["bottle"], layout=layout)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert re.search(r"(?s)\[mvtec\] 1 anomalous image\(s\) have an all-zero mask.*"
+                     r"scratch/001_mask\.png \(mask of \S+/scratch/001\.png\)", caplog.text)
 
 
 def test_registry_lists_every_issue_dataset():
@@ -268,3 +355,10 @@ def test_command_line_check(tmp_path, capsys):
     (tmp_path / "02/ground_truth/ko/0001.png").unlink()
     assert main(["check", "btad", str(tmp_path)]) == 1
     assert "02/test/ko/0001.png" in capsys.readouterr().err
+    fx.make_clinicdb_images_masks(tmp_path / "clinicdb")
+    fx.meta_images_masks(tmp_path / "clinicdb")
+    assert main(["check", "clinicdb", str(tmp_path / "clinicdb"), "--layout", "meta_json"]) == 0
+    out = capsys.readouterr().out
+    assert "layout: meta_json" in out and "| colon | 0 | 3 | 3 |" in out
+    assert main(["check", "clinicdb", str(tmp_path / "clinicdb")]) == 0
+    assert "layout: native" in capsys.readouterr().out

@@ -262,6 +262,9 @@ def base_config() -> ml_collections.ConfigDict:
         protocol="visa_to_mvtec",       # a name in zsad_jax.data.PROTOCOLS ("synthetic" for demos)
         data_dir="data",                # dataset <name> lives in <data_dir>/<name> ...
         roots=ml_collections.ConfigDict({n: "" for n in DATASET_NAMES}),  # ... unless set here
+        # How each root is read: "auto" (its native layout when found, else <root>/meta.json),
+        # "native" or "meta_json" (AnomalyCLIP / VisualAD generate_dataset_json); docs/datasets.md.
+        layouts=ml_collections.ConfigDict({n: "auto" for n in DATASET_NAMES}),
         batch_size=8,                   # global batch size (all devices, all hosts)
         eval_batch_size=8,
         num_workers=2,                  # grain worker processes (0 = in-process)

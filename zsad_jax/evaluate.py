@@ -70,7 +70,8 @@ def dataset_records(config, name: str, data_dir: str | None, classes, workdir,
     else:
         root = data.dataset_root(config, name, workdir or ".")
     return data.load_index(name, root, split="test", classes=classes,
-                           skip_unreadable=skip_unreadable or config.data.skip_unreadable)
+                           skip_unreadable=skip_unreadable or config.data.skip_unreadable,
+                           layout=config.data.layouts.get(name, "auto"))
 
 
 def evaluate_run(workdir: str | None = None, config=None, checkpoint: str | None = None,

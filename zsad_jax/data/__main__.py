@@ -1,12 +1,13 @@
 """Command line: check a dataset folder, or write the synthetic dataset.
 
     python -m zsad_jax.data check mvtec /data/mvtec [--split test] [--classes bottle cable]
+    python -m zsad_jax.data check clinicdb /data/clinicdb --layout meta_json   # read its meta.json
     python -m zsad_jax.data synthetic /tmp/synthetic [--seed 0]
     python -m zsad_jax.data list
 
 `check` indexes the folder with every check `load_index` runs before training and prints, per
-class, the number of normal and anomalous images and of masks; a problem is printed as one error
-naming the file, with exit status 1.
+class, the number of normal and anomalous images and of masks, after the layout it read (native
+or meta.json); a problem is printed as one error naming the file, with exit status 1.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
+from pathlib import Path
 
 from zsad_jax.data.records import DatasetError
 
@@ -45,6 +47,9 @@ def main(argv=None) -> int:
     check.add_argument("--classes", nargs="*")
     check.add_argument("--skip_unreadable", action="store_true")
     check.add_argument("--header_only", action="store_true", help="read headers, do not decode")
+    check.add_argument("--layout", default="auto", choices=data.registry.LAYOUTS,
+                       help="native: as distributed; meta_json: <root>/meta.json; auto: native "
+                            "when found, else meta.json")
     synth = sub.add_parser("synthetic", help="write the synthetic dataset")
     synth.add_argument("root")
     synth.add_argument("--seed", type=int, default=0)
@@ -61,10 +66,14 @@ def main(argv=None) -> int:
     try:
         records = data.load_index(args.name, args.root, split=args.split, classes=args.classes,
                                   skip_unreadable=args.skip_unreadable,
-                                  check="header" if args.header_only else "decode")
+                                  check="header" if args.header_only else "decode",
+                                  layout=args.layout)
+        layout = data.registry.choose_layout(data.DATASETS[args.name], Path(args.root).expanduser(),
+                                             args.layout)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    print(f"layout: {layout}\n")
     print(summary(records))
     return 0
 

@@ -11,7 +11,7 @@ import pathlib
 import re
 from collections.abc import Sequence
 
-from zsad_jax.data import images
+from zsad_jax.data import checks, images
 from zsad_jax.data.records import (
     NORMAL_DEFECT,
     DatasetError,
@@ -27,17 +27,19 @@ from zsad_jax.data.records import (
 def read_defect_folders(split_dir: pathlib.Path, gt_root: pathlib.Path | None, class_name: str,
                         dataset: str, *, normal_names: tuple[str, ...] = (NORMAL_DEFECT,),
                         mask_suffixes: tuple[str, ...] = ("_mask",), masks_required: bool = True,
-                        ignore: tuple[str, ...] = ()) -> list[Record]:
+                        ignore: tuple[str, ...] = (), unpaired_masks: bool = False) -> list[Record]:
     """`split_dir/<defect>/<stem>.<ext>` with masks `gt_root/<defect>/<stem><suffix>.<ext>`.
 
     Folders named in `normal_names` hold normal images (their defect is recorded as "good").
     With `masks_required=False`, anomalous images without a mask get `mask_path=None`, but a
     defect folder where only some images have masks is an error (pixel metrics would be wrong).
+    With `unpaired_masks=True`, a mask under `gt_root` that pairs with no image (misnamed, e.g.
+    `000-mask.png`; left from a removed image; in a folder no defect folder matches) is an error
+    naming every such file; masks under `gt_root/<normal name>` are not read.
     """
-    records = []
-    for defect_dir in list_subdirs(split_dir):
-        if defect_dir.name in ignore:
-            continue
+    records, unpaired = [], []
+    defect_dirs = [d for d in list_subdirs(split_dir) if d.name not in ignore]
+    for defect_dir in defect_dirs:
         files = stem_index(defect_dir, dataset)
         if defect_dir.name in normal_names:
             records += [Record(str(p.resolve()), None, 0, class_name, NORMAL_DEFECT, dataset)
@@ -47,6 +49,12 @@ def read_defect_folders(split_dir: pathlib.Path, gt_root: pathlib.Path | None, c
         masks = stem_index(mask_dir, dataset) if mask_dir and mask_dir.is_dir() else {}
         paired = {stem: find_mask(masks, stem, mask_suffixes) for stem in files}
         missing = [files[s] for s, m in paired.items() if m is None]
+        if unpaired_masks:
+            orphans = _unpaired_in_folder(masks, paired.values(), defect_dir, missing,
+                                          mask_suffixes)
+            unpaired += orphans
+            if orphans:
+                continue  # reported below, with this folder's images that lack a mask
         if missing and (masks_required or len(missing) < len(files)):
             expected = f"{mask_dir}/{missing[0].stem}{mask_suffixes[0]}.png"
             raise DatasetError(
@@ -55,7 +63,43 @@ def read_defect_folders(split_dir: pathlib.Path, gt_root: pathlib.Path | None, c
                 f"masks are paired by file name)")
         records += [Record(str(p.resolve()), str(paired[s].resolve()) if paired[s] else None, 1,
                            class_name, defect_dir.name, dataset) for s, p in files.items()]
+    if unpaired_masks and gt_root is not None and gt_root.is_dir():
+        unpaired += _masks_outside_defects(gt_root, split_dir, {d.name for d in defect_dirs},
+                                           normal_names)
+    if unpaired:
+        names = " or ".join(f"<stem>{s}.<ext>" for s in mask_suffixes)
+        raise DatasetError(
+            f"[{dataset}] {len(unpaired)} mask(s) of class {class_name!r} pair with no image (the "
+            f"mask of image {split_dir.name}/<defect>/<stem>.<ext> is "
+            f"{gt_root}/<defect>/{{{names}}}):{checks.listing(unpaired, None)}")
     return records
+
+
+def _unpaired_in_folder(masks: dict[str, pathlib.Path], used, defect_dir: pathlib.Path,
+                        missing: Sequence[pathlib.Path], suffixes: tuple[str, ...]) -> list[str]:
+    """Masks of one defect folder that no image uses, each with the image name it would need."""
+    used = {p for p in used if p is not None}
+    lacking = (f"; images of {defect_dir.name!r} without a mask: "
+               f"{', '.join(p.name for p in missing)}" if missing else "")
+    lines = []
+    for stem, mask in masks.items():
+        if mask in used:
+            continue
+        image_stem = next((stem[:-len(s)] for s in suffixes if s and stem.endswith(s)), stem)
+        lines.append(f"{mask}: no image {defect_dir}/{image_stem}.<ext>{lacking}")
+    return lines
+
+
+def _masks_outside_defects(gt_root: pathlib.Path, split_dir: pathlib.Path, defects: set[str],
+                           normal_names: tuple[str, ...]) -> list[str]:
+    """Masks lying directly in `gt_root`, or in a sub-folder that names no defect folder."""
+    lines = [f"{p}: masks go in {gt_root}/<defect>/" for p in list_images(gt_root)]
+    for folder in list_subdirs(gt_root):
+        if folder.name in defects or folder.name in normal_names:
+            continue
+        lines += [f"{p}: no defect folder {split_dir}/{folder.name}/ (defect folders: "
+                  f"{', '.join(sorted(defects)) or 'none'})" for p in list_images(folder)]
+    return lines
 
 
 def _nonempty(records: list[Record], dataset: str, class_name: str, where) -> list[Record]:
@@ -65,15 +109,17 @@ def _nonempty(records: list[Record], dataset: str, class_name: str, where) -> li
 
 
 def read_mvtec_layout(root: pathlib.Path, split: str, classes: Sequence[str], dataset: str,
-                      masks_required: bool = True) -> list[Record]:
+                      masks_required: bool = True, unpaired_masks: bool = False) -> list[Record]:
     """MVTec-AD (and MPDD, DTD-Synthetic, synthetic): `<class>/<split>/<defect>/*.png`,
-    masks `<class>/ground_truth/<defect>/<stem>_mask.png`."""
+    masks `<class>/ground_truth/<defect>/<stem>_mask.png`. `unpaired_masks`: see
+    `read_defect_folders` (masks belong to the test split: pass it for split "test" only)."""
     records = []
     for name in classes:
         class_dir = require_dir(root / name, dataset, f"class {name!r}")
         split_dir = require_dir(class_dir / split, dataset, f"split {split!r} of class {name!r}")
         found = read_defect_folders(split_dir, class_dir / "ground_truth", name, dataset,
-                                    mask_suffixes=("_mask", ""), masks_required=masks_required)
+                                    mask_suffixes=("_mask", ""), masks_required=masks_required,
+                                    unpaired_masks=unpaired_masks)
         records += _nonempty(found, dataset, name, split_dir)
     return records
 
@@ -81,19 +127,21 @@ def read_mvtec_layout(root: pathlib.Path, split: str, classes: Sequence[str], da
 def read_folder(root: pathlib.Path, split: str, classes: Sequence[str]) -> list[Record]:
     """A user's own data: `<class>/{good,<defect>...}/*` with optional masks
     `<class>/ground_truth/<defect>/<stem>[_mask].png`; or per class an MVTec layout
-    (`<class>/{train,test}/...`)."""
+    (`<class>/{train,test}/...`). A mask that pairs with no image is an error (a misnamed mask
+    would otherwise leave its image without one, silently)."""
     records = []
     for name in classes:
         class_dir = require_dir(root / name, "folder", f"class {name!r}")
         if (class_dir / "test").is_dir():
-            records += read_mvtec_layout(root, split, [name], "folder", masks_required=False)
+            records += read_mvtec_layout(root, split, [name], "folder", masks_required=False,
+                                         unpaired_masks=split == "test")
             continue
         if split != "test":
             raise DatasetError(f"[folder] class {name!r} has no {split!r} split: {class_dir} holds "
                                f"defect folders directly, which form the 'test' split")
         found = read_defect_folders(class_dir, class_dir / "ground_truth", name, "folder",
                                     mask_suffixes=("_mask", ""), masks_required=False,
-                                    ignore=("ground_truth",))
+                                    ignore=("ground_truth",), unpaired_masks=True)
         records += _nonempty(found, "folder", name, class_dir)
     return records
 

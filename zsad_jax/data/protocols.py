@@ -91,7 +91,8 @@ def _load(source: Source, config, workdir) -> list[Record]:
         raise _missing_root_error(source.dataset, root, config)
     return registry.load_index(source.dataset, root, split=source.split, classes=source.classes,
                                skip_unreadable=bool(config.data.get("skip_unreadable", False)),
-                               check=config.data.get("index_check", "decode"))
+                               check=config.data.get("index_check", "decode"),
+                               layout=config.data.get("layouts", {}).get(source.dataset, "auto"))
 
 
 def check_no_leak(train: list[Record], evals: dict[str, list[Record]]) -> None:
