@@ -4,6 +4,7 @@ Variants: default / "demo" (both tiny, synthetic data, seconds on a CPU).
 """
 
 from zsad_jax import config_lib
+from zsad_jax.methods.linear_probe.config import Loss, Model
 
 
 def get_config(arg=None):
@@ -11,11 +12,8 @@ def get_config(arg=None):
         raise ValueError(f"unknown variant {arg!r}; known: demo")
     c = config_lib.base_config()
     c.method = "linear_probe"
-    c.backbones.image = config_lib.backbone_config("random-patch", image_size=64, layers=())
-    c.model.patch = 8
-    c.model.width = 32
-    c.model.context_deviation = False   # True: score |feature - image mean| (transfers to new classes)
-    c.loss.balanced_pixel_bce = False   # True: anomalous / normal pixels weigh half each
+    c.model = Model.defaults()
+    c.loss = Loss.defaults()
     c.data.protocol = "synthetic"
     c.data.batch_size = 8
     c.data.eval_batch_size = 16

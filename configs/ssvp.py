@@ -1,8 +1,9 @@
-"""SSVP (synergistic semantic-visual prompting): ../shared/papers/ssvp.md, docs/ssvp.md.
+"""SSVP (synergistic semantic-visual prompting, arXiv 2601.09147): the method is
 
 Variants (`--config ssvp.py:VARIANT`; combine with commas, e.g. `ssvp.py:mvtec_to_visa,B`):
-  (default) / visa_to_mvtec   the paper: train on VisA, evaluate on MVTec-AD and the others
-  mvtec_to_visa               train on MVTec-AD, evaluate on VisA
+  (default) / visa_to_mvtec   the paper: train on VisA, evaluate on MVTec-AD, BTAD, KSDD2, RSDD,
+                              DAGM, DTD-Synthetic (protocol visa_to_industrial)
+  mvtec_to_visa               train on MVTec-AD, evaluate on VisA (protocol mvtec_to_visa)
   A, B, C, D, E               rows of the component ablation (Table 3):
                                 A  no HSVS / VCPG / VTAM (CLIP only, learnable prompts; NOT Bayes-PFL)
                                 B  HSVS with plain concatenation instead of ATF
@@ -12,8 +13,11 @@ Variants (`--config ssvp.py:VARIANT`; combine with commas, e.g. `ssvp.py:mvtec_t
 """
 
 from zsad_jax import config_lib
+from zsad_jax.methods.ssvp import config as ssvp_config
 
-PROTOCOLS = ("visa_to_mvtec", "mvtec_to_visa")
+# Variant -> protocol (SSVP Sec. 4.1): VisA-trained -> MVTec-AD, BTAD, KSDD2, RSDD, DAGM, DTD;
+# MVTec-trained -> VisA only.
+PROTOCOLS = {"visa_to_mvtec": "visa_to_industrial", "mvtec_to_visa": "mvtec_to_visa"}
 ABLATIONS = ("A", "B", "C", "D", "E")
 DINO_VARIANTS = {
     # name: (arch, weights folder, image size giving a 37x37 grid, tapped 1-based blocks)
@@ -24,7 +28,7 @@ DINO_VARIANTS = {
     "dinov3_vits": ("dinov3-vits16", "weights/dinov3-vits16", 592, (3, 6, 9, 11)),
     "dinov2_vitl": ("dinov2-vitl14", "weights/dinov2-vitl14", 518, (6, 12, 18, 22)),
 }
-VARIANTS = PROTOCOLS + ABLATIONS + tuple(DINO_VARIANTS) + ("demo",)
+VARIANTS = tuple(PROTOCOLS) + ABLATIONS + tuple(DINO_VARIANTS) + ("demo",)
 
 
 def get_config(arg=None):
@@ -40,55 +44,24 @@ def get_config(arg=None):
         layers=(6, 12, 18, 24))
     arch, weights, size, layers = DINO_VARIANTS["dinov3_vitl"]
     c.backbones.dino = config_lib.backbone_config(arch, weights=weights, image_size=size, layers=layers)
-    c.data.protocol = "visa_to_mvtec"
+    c.data.protocol = PROTOCOLS["visa_to_mvtec"]
     c.data.batch_size = 8
     # Sec. 4.2: 15 epochs, batch 8, AdamW, lr 5e-4 prompt embeddings / 1e-4 VAE and projections,
-    # cosine decay. Every trainable parameter lives under "ssvp/"; the prompts under "ssvp/prompts/".
+    # cosine decay. Every trainable parameter lives under "head/"; the prompts under "head/prompts/".
     c.optim.lr = 1e-4
     c.optim.schedule = "cosine"
-    c.optim.lr_groups = ("^ssvp/prompts/=5e-4",)
+    c.optim.lr_groups = ("^head/prompts/=5e-4",)
     c.train.epochs = 15
 
+    # The architecture and loss sections with their defaults (the paper's reading, one comment
+    # per key): zsad_jax/methods/ssvp/config.py.
+    c.model = ssvp_config.Model.defaults()
+    c.loss = ssvp_config.Loss.defaults()
     m = c.model
-    # Ablation switches (Table 3).
-    m.fusion = "atf"                # HSVS: "atf" (eqs. 2-5) | "concat" (model B) | "none" (model A)
-    m.use_vcpg = True               # VAE + text-latent attention + gated injection (eqs. 7-12)
-    m.use_vtam = True               # AnomalyMoE gating + score enhancement (eqs. 15-19)
-    # HSVS.
-    m.clip_projection = "frozen"    # CLIP tokens -> D_c: "frozen" (CLIP's ln_post + proj) | "learned"
-    m.atf_dim = 768                 # d_head of eq. 2
-    m.atf_mlp_hidden = 768          # hidden width of the fusion MLP of eq. 5
-    # VCPG prompts (eq. 6).
-    m.num_prompts = 3               # prompts per bank (3 normal + 3 abnormal)
-    m.bg_length = 8                 # learnable [V]_bg tokens (shared)
-    m.state_length = 4              # learnable [V]_state tokens (one sequence per prompt)
-    m.class_words = "class_name"    # [CLASS]: "class_name" (batch's class, '_' -> ' ') | "object"
-    # VCPG VAE + attention (eqs. 7-11).
-    m.vae_hidden = 512
-    m.vae_latent = 128
-    m.latent_tokens = 1             # z split into this many key/value tokens for eq. 10 (1 = paper)
-    m.attn_dim = 768                # d_k of eq. 10
-    m.eval_latent = "mean"          # evaluation: "mean" (z = mu, deterministic) | "sample"
-    # VTAM (eqs. 13-19).
-    m.tau = 0.07                    # softmax temperature of eq. 14
-    m.gate_hidden = 256             # hidden width of F_gate^global (eq. 15)
-    m.local_score = "max"           # S_local: "max" (eq. 18) | "mean_maxpool" (Algorithm 1, line 10)
-    m.local_pool = 3                # window of "mean_maxpool"
-    m.global_score = "softmax"      # S_global: "softmax" (eq. 14 on V_syn^global) | "cosine"
-    m.gamma = 0.5                   # eq. 19
-
-    c.loss.beta = 0.1               # KL weight of eq. 9
-    c.loss.lambda1 = 1.0            # L_VAE weight (eq. 22)
-    c.loss.lambda2 = 0.5            # L_reg weight (eq. 22)
-    c.loss.xi = 0.85                # margin of eq. 12
-    c.loss.focal_gamma = 2.0        # lambda of eq. 20
-    c.loss.seg_maps = "layers"      # focal on: "layers" (eq. 20, each P_anom^(l)) | "fused" (Alg. 3, P_map)
-    c.loss.class_mode = "sigmoid"   # eq. 21: "sigmoid" (BCE(sigmoid(S_final))) | "probability"
-    c.loss.vae_reduction = "sum"    # eq. 9 reconstruction: "sum" (squared L2 norm) | "mean"
 
     for part in parts:
         if part in PROTOCOLS:
-            c.data.protocol = part
+            c.data.protocol = PROTOCOLS[part]
         elif part in DINO_VARIANTS:
             arch, weights, size, layers = DINO_VARIANTS[part]
             c.backbones.dino = config_lib.backbone_config(arch, weights=weights, image_size=size,
@@ -111,7 +84,7 @@ def get_config(arg=None):
             c.data.num_workers = 0
             c.data.eval_batch_size = 16
             c.optim.lr = 1e-3
-            c.optim.lr_groups = ("^ssvp/prompts/=5e-3",)
+            c.optim.lr_groups = ("^head/prompts/=5e-3",)
             c.train.epochs = 3
             c.train.log_every = 5
             c.eval.num_heatmaps = 2

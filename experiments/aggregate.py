@@ -2,8 +2,10 @@
 
     python -m experiments.aggregate ROOT [--table sgnet.ablation ...] [--out results.md]
 
-ROOT holds run directories (`ROOT/<run>/eval/<dataset>/metrics.json`, as written by the train and
-evaluation CLIs; `ROOT/<run>/experiment.json` names the paper-table row of the run). Our metrics
+ROOT holds run directories (the metrics.json files of each run's last checkpoint,
+`ROOT/<run>/eval/step_<N>/<dataset>/metrics.json`, as written by the train and evaluation CLIs;
+`ROOT/<run>/experiment.json` names the paper-table row of the run), or grid folders of them (the
+runner's `--root`): both are searched. Our metrics
 are fractions in [0, 1]; tables show percent with one decimal, the paper's number and the
 difference (ours - paper, in points). A metric that could not be computed (null) shows as "n/a";
 a number the paper does not report as "-".
@@ -68,9 +70,16 @@ def read_metrics(path: pathlib.Path) -> dict[str, Any]:
 
 
 def _run_dirs(root: pathlib.Path) -> list[pathlib.Path]:
-    if (root / "eval").is_dir():
+    """`root` if it is a run, else the runs among its children and grandchildren (a grid's runs
+    under the runner's --root)."""
+    def is_run(p: pathlib.Path) -> bool:
+        return (p / "eval").is_dir()
+
+    if is_run(root):
         return [root]
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "eval").is_dir())
+    children = sorted(p for p in root.iterdir() if p.is_dir())
+    return [p for p in children if is_run(p)] + [
+        g for p in children if not is_run(p) for g in sorted(p.iterdir()) if g.is_dir() and is_run(g)]
 
 
 def collect(root: str | pathlib.Path) -> list[RunMetrics]:
@@ -214,7 +223,8 @@ def report_markdown(root: str | pathlib.Path, table_ids: Sequence[str] = (), tit
     runs = collect(root)
     parts = [f"# {title or 'Results: ' + str(root)}", ""]
     if not runs:
-        parts.append(f"No finished runs under {root} (no eval/*/metrics.json).\n")
+        parts.append(f"No finished runs under {root} (no run or grid folder whose training "
+                     f"finished with eval/step_<N>/*/metrics.json).\n")
     for table_id in table_ids:
         parts.append(paper_table_markdown(table_id, runs, dataset_map=dataset_map))
     if runs:
@@ -226,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.aggregate",
         description="Markdown tables of runs' metrics.json files beside the papers' numbers.")
-    parser.add_argument("root", help="directory holding run directories (ROOT/<run>/eval/...)")
+    parser.add_argument("root", help="a run, a folder of runs (ROOT/<run>/eval/...), or a folder of "
+                        "grid folders (the runner's --root)")
     parser.add_argument("--table", action="append", default=[],
                         help="paper table id to lay the results out as (repeatable); "
                              f"known: {', '.join(paper_results.load())}")

@@ -4,13 +4,14 @@ Layout under the grid's root directory `ROOT`:
 
     ROOT/<run>/experiment.json            the run's name, row, config spec and overrides
     ROOT/<run>/train.log                  stdout + stderr of the train CLI (sequential mode)
-    ROOT/<run>/eval/<dataset>/metrics.json  written by the train CLI's final evaluation
+    ROOT/<run>/final.json                 the last step, written when the training finished
+    ROOT/<run>/eval/step_<N>/<dataset>/metrics.json   the evaluations of its last checkpoint N
 
-A run is finished when `ROOT/<run>/eval/<dataset>/metrics.json` exists for every required
-evaluation dataset of its protocol (`zsad_jax.data.PROTOCOLS`), of `expect_datasets` and of
-`evaluate_datasets` (for a protocol zsad_jax does not know: any metrics.json); finished runs are
-skipped. An unfinished run is simply started
-again: the train CLI resumes from the run's latest checkpoint by itself.
+A run is finished when its training finished and the last checkpoint has a metrics.json for every
+required evaluation dataset of its protocol (`zsad_jax.data.PROTOCOLS`), of `expect_datasets` and
+of `evaluate_datasets` (for a protocol zsad_jax does not know: any metrics.json); finished runs
+are skipped. An unfinished run is simply started again: the train CLI resumes from the run's
+latest checkpoint by itself.
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ TRAIN_LOG = "train.log"
 
 def metrics_files(run_dir: pathlib.Path) -> dict[str, pathlib.Path]:
     """{dataset directory name: metrics.json path} of a run's final evaluations."""
-    eval_dir = pathlib.Path(run_dir) / "eval"
-    if not eval_dir.is_dir():
-        return {}
-    return {p.parent.name: p for p in sorted(eval_dir.glob("*/metrics.json"))}
+    from zsad_jax.runs import final_results
+
+    return final_results(run_dir)
 
 
 def is_finished(run_dir: pathlib.Path, expect_datasets: Sequence[str] = ()) -> bool:
@@ -159,7 +159,7 @@ def run_sequential(grid: Grid, root: pathlib.Path, *, expect_datasets: Sequence[
             status = "failed"
             missing = [d for d in expected if d not in metrics_files(run_dir)] or ["any dataset"]
             message = (f"the run ended without metrics.json for {', '.join(missing)} under "
-                       f"{run_dir / 'eval'}")
+                       f"{run_dir / 'eval'} (for its last checkpoint)")
         seconds = time.monotonic() - start
         print(f"{prefix}: {status} in {seconds:.0f} s{': ' + message if message else ''}", flush=True)
         results.append(RunResult(run.name, status, seconds, message))
@@ -173,6 +173,7 @@ _JOB_TEMPLATE = """#!/usr/bin/env bash
 set -euo pipefail
 cd {repo}
 RUN_DIR={run_dir}
+final_step() {{ sed -E 's/.*"step": *([0-9]+).*/\\1/' "$RUN_DIR/final.json"; }}
 if {finished_test}; then
   echo "{name}: finished earlier, skipped"; exit 0
 fi
@@ -215,8 +216,10 @@ def emit_jobs(grid: Grid, root: pathlib.Path, jobs_dir: pathlib.Path, *,
         commands += [shlex.join(evaluate_command(run_dir, d, python)) for d in evaluate_datasets]
         expected = list(dict.fromkeys([*protocol_datasets(run), *expect_datasets,
                                        *evaluate_datasets]))
-        finished_test = (" && ".join(f'[ -f "$RUN_DIR/eval/{d}/metrics.json" ]' for d in expected)
-                         if expected else 'compgen -G "$RUN_DIR/eval/*/metrics.json" > /dev/null')
+        results = '$RUN_DIR/eval/step_$(final_step)'
+        finished_test = ('[ -f "$RUN_DIR/final.json" ] && ' + (
+            " && ".join(f'[ -f "{results}/{d}/metrics.json" ]' for d in expected) if expected
+            else f'compgen -G "{results}/*/metrics.json" > /dev/null'))
         text = _JOB_TEMPLATE.format(
             finished_test=finished_test, name=run.name, grid=grid.name, repo=shlex.quote(str(repo)),
             run_dir=shlex.quote(str(run_dir)), info=RUN_INFO,

@@ -1,4 +1,4 @@
-"""Config resolution: bare names, paths, `:variant`, overrides, typos (issue 2)."""
+"""Config resolution: bare names, paths, `:variant`, overrides, typos; every value checked."""
 
 import pathlib
 import subprocess
@@ -23,17 +23,19 @@ def test_existing_path_wins_over_bare_name(tmp_path):
     own = tmp_path / "sgnet.py"
     own.write_text("from zsad_jax import config_lib\n"
                    "def get_config(arg=None):\n"
-                   "    c = config_lib.base_config(); c.method = 'mine:' + str(arg); return c\n")
+                   "    c = config_lib.load_config('linear_probe.py')\n"
+                   "    c.data.data_dir = 'mine:' + str(arg); return c\n")
     assert config_lib.resolve_config_path(str(own)) == own.resolve()
-    assert config_lib.load_config(f"{own}:x").method == "mine:x"
+    assert config_lib.load_config(f"{own}:x").data.data_dir == "mine:x"
 
 
 def test_env_dir_is_searched(tmp_path, monkeypatch):
     (tmp_path / "custom.py").write_text(
         "from zsad_jax import config_lib\n"
-        "def get_config(arg=None):\n    c = config_lib.base_config(); c.method='custom'; return c\n")
+        "def get_config(arg=None):\n    c = config_lib.load_config('linear_probe.py')\n"
+        "    c.data.data_dir = 'custom'; return c\n")
     monkeypatch.setenv("ZSAD_CONFIGS_DIR", str(tmp_path))
-    assert config_lib.load_config("custom.py").method == "custom"
+    assert config_lib.load_config("custom.py").data.data_dir == "custom"
 
 
 def test_missing_config_names_where_it_looked():
@@ -79,6 +81,33 @@ def test_typo_names_key_and_closest_keys():
     assert "'optim.lrr'" in msg and "optim.lr" in msg
 
 
+@pytest.mark.parametrize("override,key,expected", [
+    ("optim.schedule=cosinus", "config.optim.schedule='cosinus'", "one of 'cosine'"),
+    ("data.batch_size=0", "config.data.batch_size=0", "positive"),
+    ("backbones.clip.layers=7", "config.backbones.clip.layers=(7,)", "[1, 2]"),
+    ("optim.lr=fast", "optim.lr=fast", "float"),
+    ("model.num_stages=3", "model.num_stages=3", "layers"),
+    ("gpr.lambda_att=1.5", "config.gpr.lambda_att=1.5", "[0, 1]"),
+])
+def test_bad_values_name_the_key(override, key, expected):
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.load_config("sgnet.py:demo", [override])
+    assert key in str(e.value) and expected in str(e.value), str(e.value)
+
+
+def test_every_registered_method_checks_its_sections():
+    import ml_collections
+
+    from zsad_jax import methods
+
+    for name in methods.REGISTRY:
+        config = config_lib.load_config(f"{name}.py:demo", validate_config=False)
+        key = next(iter(config.model))
+        config.model = ml_collections.ConfigDict({**config.model.to_dict(), key: "not a value"})
+        with pytest.raises(config_lib.ConfigError, match=f"config.model.{key}="):
+            config_lib.validate(config)
+
+
 def test_split_spec():
     assert config_lib.split_spec("a.py:demo") == ("a.py", "demo")
     assert config_lib.split_spec("a.py") == ("a.py", None)
@@ -92,9 +121,21 @@ def _run_cli(*args):
 def test_train_cli_typo_fails_before_running():
     r = _run_cli("zsad_jax.train", "--config", "sgnet.py:demo", "--config.optim.lrr=1",
                  "--workdir", "/nonexistent/never-created")
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert "optim.lrr" in r.stderr and "optim.lr" in r.stderr
     assert not pathlib.Path("/nonexistent/never-created").exists()
+
+
+@pytest.mark.parametrize("flag", ["--config.optim.schedule=cosinus", "--config.optim.lr=fast",
+                                  "--config.backbones.clip.layers=7"])
+def test_train_cli_bad_value_is_one_line_and_exit_2(tmp_path, flag):
+    r = _run_cli("zsad_jax.train", "--config", "sgnet.py:demo", flag, "--workdir",
+                 str(tmp_path / "run"))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.startswith("error: config") or "override" in r.stderr
+    assert flag.split("=")[0].removeprefix("--config.") in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()                  # nothing was started
 
 
 def test_plain_install_ships_configs(tmp_path):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsad_jax import data
+from zsad_jax import data, devices
+from zsad_jax.backbones import ImageView
 from zsad_jax.data import synthetic
-from zsad_jax.methods.base import ImageView
 
 VIEWS = {"clip": ImageView(24, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)),
          "dino": ImageView(16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
@@ -104,12 +104,12 @@ def test_resolve_protocol_index_check_mode(tmp_path):
         data.resolve_protocol(_config(index_check="bogus"), tmp_path)
 
 
-def test_visa_to_mvtec_protocol(tmp_path, caplog):
+def test_visa_to_all_protocol(tmp_path, caplog):
     fx.make_visa(tmp_path / "visa", classes=data.DATASETS["visa"].classes)
     fx.make_mvtec_like(tmp_path / "elsewhere", data.DATASETS["mvtec"].classes,
                        defects=("crack",))
     fx.make_btad(tmp_path / "visa_root_sibling" / "btad")
-    config = _config(protocol="visa_to_mvtec", data_dir=str(tmp_path))
+    config = _config(protocol="visa_to_all", data_dir=str(tmp_path))
     config.data.roots.mvtec = str(tmp_path / "elsewhere")
     config.data.roots.btad = str(tmp_path / "visa_root_sibling" / "btad")
     with caplog.at_level(logging.WARNING):
@@ -117,6 +117,29 @@ def test_visa_to_mvtec_protocol(tmp_path, caplog):
     assert {r.dataset for r in train} == {"visa"} and len(train) == 12 * 4
     assert sorted(evals) == ["btad", "mvtec"] and len(evals["mvtec"]) == 15 * 4
     assert "mpdd" in caplog.text and "not evaluated" in caplog.text
+
+
+@pytest.mark.parametrize("spec,required,optional", [
+    # AnomalyCLIP / SGNet: MVTec-trained -> VisA and every other dataset; VisA-trained -> MVTec.
+    ("sgnet.py", {"mvtec"}, set()),
+    ("sgnet.py:mvtec_to_visa", {"visa"}, {"mpdd", "btad", "ksdd2", "dagm", "dtd", "rsdd", "sdd",
+                                          "brainmri", "br35h", "headct", "clinicdb", "colondb",
+                                          "kvasir", "isic"}),
+    # SSVP: VisA-trained -> MVTec-AD + BTAD, KSDD2, RSDD, DAGM, DTD; MVTec-trained -> VisA only.
+    ("ssvp.py", {"mvtec"}, {"btad", "ksdd2", "rsdd", "dagm", "dtd"}),
+    ("ssvp.py:mvtec_to_visa", {"visa"}, set()),
+    # VisualAD: VisA -> MVTec-AD and the others; MVTec -> VisA.
+    ("visualad.py", {"mvtec"}, {"mpdd", "btad", "ksdd2", "dagm", "dtd", "rsdd", "sdd", "brainmri",
+                                "br35h", "headct", "clinicdb", "colondb", "kvasir", "isic"}),
+    ("visualad.py:mvtec_to_visa", {"visa"}, set()),
+])
+def test_each_method_follows_its_papers_protocol(spec, required, optional):
+    from zsad_jax import config_lib
+
+    protocol = data.PROTOCOLS[config_lib.load_config(spec).data.protocol]
+    assert {s.dataset for s in protocol.eval} == required
+    assert {s.dataset for s in protocol.eval_optional} == optional
+    assert not ({s.dataset for s in protocol.train} & (required | optional))
 
 
 def test_missing_root_error_names_everything(tmp_path):
@@ -265,10 +288,10 @@ def test_eval_batches_order_padding_and_sharding(records):
                                   batches[0]["images"]["clip"][2:])
 
 
-def test_make_global_batch(records):
+def test_place_batch(records):
     batch = next(data.TrainLoader(records, VIEWS, 20, 4, seed=0))
     mesh = jax.make_mesh((1,), ("data",))
-    out = data.make_global_batch(batch, mesh)
+    out = devices.place_batch(batch, mesh)
     assert set(out) == {"images", "masks", "labels"}
     assert isinstance(out["images"]["clip"], jax.Array)
     np.testing.assert_array_equal(np.asarray(out["masks"]), batch["masks"])
@@ -284,14 +307,14 @@ def test_high_bit_depth_image_through_pipeline(tmp_path):
     np.testing.assert_allclose(batch["images"]["v"][0], batch["images"]["v"][1], atol=2 / 255)
 
 
-def test_make_global_batch_keeps_method_keys_and_bf16_drops_strings():
+def test_place_batch_keeps_method_keys_and_bf16_drops_strings():
     import ml_dtypes
 
     mesh = jax.make_mesh((1,), ("data",))
     feats = (np.arange(12, dtype=np.float32).reshape(2, 6) / 7).astype(ml_dtypes.bfloat16)
     host = {"labels": np.array([0, 1], np.int32), "text": {"ids": np.ones((2, 5), np.int32)},
             "features": feats, "class_name": np.array(["a", "b"]), "valid": np.array([True, False])}
-    out = data.make_global_batch(host, mesh)
+    out = devices.place_batch(host, mesh)
     assert set(out) == {"labels", "text", "features", "valid"}
     assert out["features"].dtype == jax.numpy.bfloat16
     np.testing.assert_array_equal(np.asarray(out["features"]).view(np.uint16), feats.view(np.uint16))

@@ -8,7 +8,7 @@ import fixtures_data as fx
 import numpy as np
 
 from zsad_jax import data
-from zsad_jax.methods.base import ImageView
+from zsad_jax.backbones import ImageView
 
 VIEWS = {"v": ImageView(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))}
 

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsad_jax import config_lib, metrics
+from zsad_jax import config_lib, metrics, runs
 from zsad_jax.evaluate import evaluate_run
-from zsad_jax.evaluation import loading
 
 
 def tiny_config(**overrides):
-    values = {"backbones.image.image_size": 32, "train.num_steps": 1, "eval.max_images": 3,
+    values = {"model.image_size": 32, "train.num_steps": 1, "eval.max_images": 3,
               "eval.num_heatmaps": 1, "data.batch_size": 4, "data.eval_batch_size": 4}
     values.update(overrides)
     return config_lib.load_config("linear_probe.py", values)
@@ -24,10 +23,10 @@ def tiny_config(**overrides):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from zsad_jax.training.loop import train
+    from zsad_jax.train import run_training
 
     workdir = tmp_path_factory.mktemp("run")
-    train(tiny_config(), workdir, progress=False)
+    run_training(tiny_config(), workdir, progress=False)
     return workdir
 
 
@@ -42,36 +41,43 @@ def test_evaluate_cli_on_a_run_writes_every_file(run_dir):
                "--max_images", "2", "--num_heatmaps", "1", "--smoothing_sigma", "0",
                "--noprogress")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = run_dir / "eval" / "synthetic"
+    # Other eval settings than the run's: their own folder; the training's results stay.
+    trained = json.loads((run_dir / "eval" / "step_1" / "synthetic" / "metrics.json").read_text())
+    assert trained["smoothing_sigma"] == 1.0
+    (folder,) = (run_dir / "eval").glob("step_1_*")
+    out = folder / "synthetic"
     result = json.loads((out / "metrics.json").read_text())
     assert result["smoothing_sigma"] == 0.0 and result["dataset"] == "synthetic"
+    assert result["checkpoint"]["step"] == 1 and result["config_sha256"].startswith(folder.name[7:])
+    assert str(out) in proc.stdout
     assert set(result["mean"]) == set(metrics.METRIC_NAMES)
     assert (out / "metrics.csv").is_file() and (out / "table.md").is_file()
     for name in result["classes"]:
         assert result["class_sizes"][name]["images"] == 2
         (png,) = (out / "heatmaps" / name).glob("*.png")
         picture = np.asarray(Image.open(png))
-        assert picture.shape == (32, 96, 3) and picture.std() > 0
+        assert picture.shape[0] > 256 and picture.shape[1] > 3 * 256 and picture.std() > 0
 
 
 def test_evaluate_run_with_config_dataset_and_data_dir(run_dir, tmp_path):
     # --config + --checkpoint RUN: the run's params under another config; --data_dir is the
     # folder that holds synthetic/.
-    results = evaluate_run(config=tiny_config(), checkpoint=str(run_dir / "best"),
+    results = evaluate_run(config=tiny_config(), checkpoint=str(run_dir / "checkpoints"),
                            dataset="synthetic", data_dir=str(run_dir), classes=["moon"],
                            out=str(tmp_path), eval_overrides={"num_heatmaps": 0},
                            progress=False)
     assert list(results["synthetic"]["classes"]) == ["moon"]
-    assert (tmp_path / "metrics.json").is_file() and not (tmp_path / "heatmaps").exists()
+    out = tmp_path / "synthetic"
+    assert (out / "metrics.json").is_file() and not (out / "heatmaps").exists()
 
 
 def test_model_loading_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="give --workdir RUN, or --config"):
-        loading.load_model(None)
+        runs.load_model(None)
     with pytest.raises(ValueError, match="not both"):
-        loading.load_model(str(tmp_path), tiny_config())
+        runs.load_model(str(tmp_path), tiny_config())
     with pytest.raises(FileNotFoundError, match="config.json"):
-        loading.run_dir_of(tmp_path)
+        runs.run_dir_of(tmp_path)
 
 
 def test_cli_help_documents_every_flag():

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from zsad_jax import config_lib, data, evaluation, methods, metrics
+from zsad_jax import config_lib, data, evaluation, methods, metrics, ops
 from zsad_jax.evaluation import heatmaps, postprocess, runner
 from zsad_jax.evaluation.tables import markdown_table
 
@@ -21,9 +21,9 @@ def test_smoothing_equals_scipy_gaussian_filter(sigma):
     # 20x13 maps: with sigma 4 the kernel radius (16) exceeds the image (multiple reflections).
     maps = np.random.default_rng(0).random((2, 20, 13)).astype(np.float32)
     expected = np.stack([ndimage.gaussian_filter(m.astype(np.float64), sigma) for m in maps])
-    out = np.asarray(jax.jit(lambda m: postprocess.smooth_maps(m, sigma))(maps))
+    out = np.asarray(jax.jit(lambda m: ops.smooth_maps(m, sigma))(maps))
     np.testing.assert_allclose(out, expected, atol=1e-6)
-    assert postprocess.smooth_maps(maps, 0.0) is maps
+    assert ops.smooth_maps(maps, 0.0) is maps
 
 
 def test_resize_map_bilinear_shape_and_range():
@@ -40,14 +40,86 @@ def test_colormap_and_overlay():
     coloured = heatmaps.colorize(np.array([[-5.0, 0.0, 0.5, 1.0, 9.0]]), 0.0, 1.0)
     np.testing.assert_array_equal(coloured[0, 0], coloured[0, 1])   # clipped below
     np.testing.assert_array_equal(coloured[0, 3], coloured[0, 4])   # clipped above
-    image = np.zeros((6, 6, 3), np.float32)
-    mask = np.zeros((6, 6), bool)
-    mask[1:5, 1:5] = True
-    contour = heatmaps.draw_contour(image, mask)
-    drawn = (contour == heatmaps.CONTOUR_RGB).all(-1)
-    assert drawn[1, 1] and drawn[1, 4] and not drawn[2, 2] and not drawn[0, 0]
-    picture = heatmaps.panel(image, mask, np.linspace(0, 1, 36).reshape(6, 6), 0.0, 1.0)
-    assert picture.shape == (6, 18, 3) and picture.dtype == np.uint8
+    image = np.full((17, 90, 3), 0.5, np.float32)
+    blended = heatmaps.overlay(image, np.ones((17, 90)), 0.0, 1.0)  # the image's own size
+    assert blended.shape == (17, 90, 3) and blended.dtype == np.uint8
+    np.testing.assert_array_equal(blended[0, 0], [128, 64, 64])     # half grey, half dark red
+
+
+def test_contour_is_a_2px_line_with_dark_edges():
+    image = np.full((10, 10, 3), 255, np.uint8)
+    mask = np.zeros((10, 10), bool)
+    mask[2:8, 2:8] = True
+    out = heatmaps.draw_contour(image, mask)
+    line = (out == heatmaps.CONTOUR_RGB).all(-1)
+    edge = (out == heatmaps.OUTLINE_RGB).all(-1)
+    # 2 px of line inside the region: rows/columns 2-3 and 6-7 of the square.
+    assert line[2, 2] and line[3, 5] and line[7, 7] and line[6, 4]
+    assert edge[1, 4] and edge[8, 4] and edge[4, 1] and edge[4, 4]  # outside and inside edges
+    assert (out[0, 0] == 255).all() and (out[1, 1] == 255).all()
+    assert line.sum() == 36 - 4 and not (line & ~mask).any()
+    np.testing.assert_array_equal(heatmaps.draw_contour(image, np.zeros((10, 10), bool)), image)
+
+
+def test_contour_shows_on_green_grass():
+    # Today's (pure green) contour was invisible here: every pixel of the drawn boundary must now
+    # differ strongly from the image, and both the line colour and its dark edge must be there.
+    green = np.zeros((40, 40, 3), np.uint8)
+    green[..., 1] = 255
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 12:25] = True
+    out = heatmaps.draw_contour(green, mask).astype(int)
+    boundary = mask & ~ndimage.binary_erosion(mask)
+    outside = ndimage.binary_dilation(mask) & ~mask
+    for where in (boundary, outside):
+        assert np.abs(out[where] - green[where]).sum(-1).min() >= 255
+    assert (out == heatmaps.CONTOUR_RGB).all(-1).any() and (out == heatmaps.OUTLINE_RGB).all(-1).any()
+
+
+def find_colour_bar(picture, height):
+    """(top row, column) of a `height`-px jet colour bar (vmax on top) in the picture, or None."""
+    expected = heatmaps.colour_bar(height, 1)[:, 0]
+    tops = np.argwhere((picture == heatmaps.JET[-1]).all(-1))
+    for row, col in tops:
+        if row + height <= picture.shape[0] and (picture[row:row + height, col] == expected).all():
+            return int(row), int(col)
+    return None
+
+
+def test_panel_is_large_titled_and_has_a_colour_bar():
+    rng = np.random.default_rng(0)
+    image = np.zeros((48, 48, 3), np.float32)
+    image[..., 1] = 0.8                                        # green grass
+    image += 0.1 * rng.random((48, 48, 3)).astype(np.float32)
+    mask = np.zeros((32, 32), bool)
+    mask[8:18, 10:22] = True
+    anomaly_map = rng.random((32, 32)).astype(np.float32)
+    picture = heatmaps.panel(image, mask, anomaly_map, 0.0, 1.0, score=0.87, title="a/b.png")
+    assert heatmaps.display_shape((32, 32)) == (256, 256)      # small maps upsampled
+    assert heatmaps.display_shape((1024, 2048)) == (256, 512)  # large ones shown at most 512
+    assert heatmaps.display_shape((32, 64), size=160) == (80, 160)
+    assert picture.dtype == np.uint8
+    assert picture.shape[0] > 256 + 20 and picture.shape[1] > 3 * 256 + 40   # > the raw strip
+    bar = find_colour_bar(picture, 256)
+    assert bar is not None, "no colour bar"
+    top, col = bar
+    # Text above the sub-panels (title + captions) and tick labels right of the colour bar.
+    assert (picture[:top - 2].min(-1) < 100).sum() > 200
+    assert (picture[top:top + 256, col + 16:].min(-1) < 100).sum() > 100
+    # The contour (line colour) shows on the green ground-truth and heatmap sub-panels, drawn at
+    # the display size (a 2-px line there).
+    line = (picture == heatmaps.CONTOUR_RGB).all(-1)
+    one = heatmaps.draw_contour(np.zeros((256, 256, 3)), heatmaps.resize_mask(mask, 256, 256))
+    assert line[:, :256 + 16].sum() == 0
+    assert line.sum() == 2 * (one == heatmaps.CONTOUR_RGB).all(-1).sum() > 2 * 2 * 4 * 70
+    # Captions change with the score; no mask, no contour.
+    assert (heatmaps.panel(image, mask, anomaly_map, 0.0, 1.0, score=0.12, title="a/b.png")
+            != picture).any()
+    bare = heatmaps.panel(image, None, anomaly_map, 0.0, 1.0)
+    assert not (bare == heatmaps.CONTOUR_RGB).all(-1).any()
+    assert bare.shape[0] < picture.shape[0]                     # no title line
+    small = heatmaps.panel(image, mask, anomaly_map, 0.0, 1.0, size=160)
+    assert find_colour_bar(small, 160) is not None and small.shape[1] < 3 * 256
 
 
 def test_group_by_class_and_heatmap_picks():
@@ -74,7 +146,7 @@ def tiny(tmp_path_factory):
                                num_test_good=1, num_per_defect=1)
     records = data.load_index("synthetic", root)
     config = config_lib.load_config("linear_probe.py", {
-        "backbones.image.image_size": 32, "eval.num_heatmaps": 2, "data.eval_batch_size": 4,
+        "model.image_size": 32, "eval.num_heatmaps": 2, "data.eval_batch_size": 4,
         "eval.smoothing_sigma": 2.0})
     method = methods.build(config)
     params = method.init(jax.random.PRNGKey(0))
@@ -138,9 +210,9 @@ def test_evaluate_records_writes_all_files_and_matches_direct_metrics(tiny, tmp_
         assert len(pngs) == 2
         for png in pngs:
             picture = np.asarray(Image.open(png))
-            assert picture.shape == (32, 96, 3)
-            image_panel, _, heat_panel = np.split(picture.astype(int), 3, axis=1)
-            assert picture.std() > 10 and np.abs(heat_panel - image_panel).mean() > 5
+            # 32x32 maps drawn as a readable panel: 256-px sub-panels, captions, colour bar.
+            assert picture.shape[0] > 256 and picture.shape[1] > 3 * 256 and picture.std() > 10
+            assert find_colour_bar(picture, 256) is not None
         # One colour scale per class, written next to the pictures.
         assert "colour scale" in (tmp_path / "heatmaps" / name / "scale.txt").read_text()
 
@@ -148,7 +220,7 @@ def test_evaluate_records_writes_all_files_and_matches_direct_metrics(tiny, tmp_
 def test_native_resolution_and_undefined_metrics(tiny, tmp_path):
     config, method, params, records = tiny
     config = config_lib.load_config("linear_probe.py", {
-        "backbones.image.image_size": 32, "eval.num_heatmaps": 1, "eval.resolution": "native",
+        "model.image_size": 32, "eval.num_heatmaps": 1, "eval.resolution": "native",
         "data.eval_batch_size": 4})
     # brick: normal images only -> every metric undefined; grass: all defined.
     subset = [r for r in records if r.class_name == "grass" or
@@ -163,14 +235,13 @@ def test_native_resolution_and_undefined_metrics(tiny, tmp_path):
     assert "null" in (tmp_path / "metrics.json").read_text()
     assert "| brick | n/a | n/a |" in markdown_table(result)
     (png,) = (tmp_path / "heatmaps" / "grass").glob("*.png")
-    assert np.asarray(Image.open(png)).shape == (48, 144, 3)     # native 48x48 images
+    assert find_colour_bar(np.asarray(Image.open(png)), 256) is not None   # native 48x48 maps
 
 
 def test_bad_eval_config_is_named(tiny, tmp_path):
     config, method, params, records = tiny
-    bad = config_lib.load_config("linear_probe.py", {"eval.resolution": "full"})
     with pytest.raises(ValueError, match="config.eval.resolution='full'"):
-        evaluation.evaluate_records(method, params, records, bad, tmp_path, "x", progress=False)
+        config_lib.load_config("linear_probe.py", {"eval.resolution": "full"})
 
 
 _SHARDED_SCRIPT = """
@@ -179,7 +250,7 @@ from zsad_jax import config_lib, data, evaluation, methods
 assert jax.device_count() == 4, jax.devices()
 records = data.load_index("synthetic", sys.argv[1])
 config = config_lib.load_config("linear_probe.py", {
-    "backbones.image.image_size": 32, "eval.num_heatmaps": 0, "data.eval_batch_size": 3,
+    "model.image_size": 32, "eval.num_heatmaps": 0, "data.eval_batch_size": 3,
     "eval.smoothing_sigma": 2.0})
 method = methods.build(config)
 params = method.init(jax.random.PRNGKey(0))
@@ -200,6 +271,9 @@ def test_sharded_over_devices_gives_the_same_metrics(tiny, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The maps agree to float rounding, which can swap the order of two near-equal pixels: one
+    # swapped pair moves a class's pixel AUROC by 1 / (#anomalous x #normal pixels) ~ 1e-6.
     for name, values in single["classes"].items():
         for metric, value in values.items():
-            assert sharded[name][metric] == pytest.approx(value, abs=1e-6), (name, metric)
+            tolerance = 1e-4 if metric.startswith("pixel") else 1e-6
+            assert sharded[name][metric] == pytest.approx(value, abs=tolerance), (name, metric)

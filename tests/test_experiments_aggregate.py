@@ -7,12 +7,20 @@ import pytest
 from experiments import aggregate, paper_results
 
 
+def results_dir(run_dir, step=7):
+    """A finished training's results folder (what the train CLI leaves)."""
+    (run_dir / "final.json").parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / "final.json").write_text(json.dumps({"step": step}))
+    return run_dir / "eval" / f"step_{step}"
+
+
 def write_run(root, run, dataset, mean, classes=None, row=None):
     run_dir = root / run
-    (run_dir / "eval" / dataset).mkdir(parents=True, exist_ok=True)
+    folder = results_dir(run_dir) / dataset
+    folder.mkdir(parents=True, exist_ok=True)
     if row is not None:
         (run_dir / "experiment.json").write_text(json.dumps({"name": run, "row": row}))
-    (run_dir / "eval" / dataset / "metrics.json").write_text(json.dumps({
+    (folder / "metrics.json").write_text(json.dumps({
         "dataset": dataset, "resolution": "input", "smoothing_sigma": 4.0, "num_images": 10,
         "classes": classes or {}, "mean": mean}))
 
@@ -112,7 +120,7 @@ def test_a_run_directory_itself_can_be_aggregated(ablation_runs):
     ('{"classes": {"a": {"pixel_ap": 93.1}}, "mean": {}}', "classes.a.pixel_ap=93.1 is outside"),
 ])
 def test_bad_metrics_files_are_named(tmp_path, content, message):
-    path = tmp_path / "run" / "eval" / "mvtec" / "metrics.json"
+    path = results_dir(tmp_path / "run") / "mvtec" / "metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(content)
     with pytest.raises(aggregate.MetricsFileError, match="metrics.json") as info:

@@ -29,8 +29,9 @@ if "--config.seed=13" in argv:
 if "--config.seed=14" in argv:
     sys.exit(0)                     # exits cleanly but writes no metrics
 dataset = argv[argv.index("--dataset") + 1] if "--dataset" in argv else "synthetic"
-out = workdir / "eval" / dataset
+out = workdir / "eval" / "step_2" / dataset
 out.mkdir(parents=True, exist_ok=True)
+(workdir / "final.json").write_text(json.dumps({{"step": 2}}))
 (out / "metrics.json").write_text(json.dumps({{"dataset": dataset, "classes": {{}},
                                               "mean": {{"image_auroc": 0.5}}}}))
 print("trained", workdir.name)
@@ -77,7 +78,7 @@ def test_sequential_runs_then_resumption_skips_finished_runs(tmp_path, fake_pyth
     assert [r.status for r in results] == ["skipped", "skipped"]
     assert len(_calls(calls)) == 2
     # An interrupted run (no metrics.json) is started again; the finished one is not.
-    (root / "b" / "eval" / "synthetic" / "metrics.json").unlink()
+    (root / "b" / "eval" / "step_2" / "synthetic" / "metrics.json").unlink()
     results = runner.run_sequential(grid, root, python=str(python))
     assert [r.status for r in results] == ["skipped", "done"]
     assert len(_calls(calls)) == 3 and "--workdir " + str(root / "b") in _calls(calls)[2]
@@ -110,7 +111,9 @@ def test_extra_target_datasets_use_the_evaluation_cli(tmp_path, fake_python):
 def test_a_partial_final_evaluation_is_not_finished(tmp_path, capsys):
     run = Run("a", "sgnet.py")                         # visa_to_mvtec: MVTec-AD is required
     assert runner.protocol_datasets(run) == ("mvtec",)
-    optional = tmp_path / "a" / "eval" / "btad" / "metrics.json"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "final.json").write_text('{"step": 2}')
+    optional = tmp_path / "a" / "eval" / "step_2" / "btad" / "metrics.json"
     optional.parent.mkdir(parents=True)
     optional.write_text("{}")
     results = runner.run_sequential(Grid("g", (run,)), tmp_path, dry_run=True)

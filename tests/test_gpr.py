@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 import scipy.optimize
 
-from zsad_jax.losses import gpr
+from zsad_jax.methods.sgnet import gpr
 
 
 def exact_ot_squared(x, a, y, b):
@@ -239,5 +239,7 @@ def test_options_validation_and_from_config():
         gpr.GPROptions(lambda_att=1.5)
     with pytest.raises(ValueError, match="shape"):
         gpr.gpr_loss(jnp.zeros((2, 3, 4)), jnp.zeros((2, 4)), jnp.zeros((5, 4)))
-    opts = gpr.GPROptions.from_config({"w2": "energy", "tau": 0.5, "lambda_grav": 0.6})
+    opts = gpr.GPROptions.from_config({"w2": "energy", "tau": 0.5}, "gpr")
     assert opts.w2 == "energy" and opts.tau == 0.5
+    with pytest.raises(ValueError, match="gpr.lambda_grav is not a key"):
+        gpr.GPROptions.from_config({"lambda_grav": 0.6}, "gpr")      # the method's, not GPR's

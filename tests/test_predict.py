@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from zsad_jax import config_lib, methods
-from zsad_jax.predict import expand_images, output_names, predict
+from zsad_jax.predict import UsageError, expand_images, output_names, predict
 
 
 def test_expand_images_files_folders_globs(tmp_path):
@@ -19,16 +19,23 @@ def test_expand_images_files_folders_globs(tmp_path):
     assert expand_images([str(tmp_path / "notes.txt"), str(tmp_path / "b.png"),
                           str(tmp_path / "b.png")]) == [str(tmp_path / "notes.txt"),
                                                          str(tmp_path / "b.png")]
-    with pytest.raises(FileNotFoundError, match="nothing-here"):
+    with pytest.raises(UsageError, match="nothing-here"):
         expand_images([str(tmp_path / "nothing-here*.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="holds no image file"):
+        expand_images([str(tmp_path / "empty")])
+    # A '**' glob through a symlink loop: each image once (by its real path).
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path / "sub")
+    assert expand_images([str(tmp_path / "**" / "*.bmp")]) == [str(tmp_path / "sub" / "c.bmp")]
 
 
 def test_output_names_are_unique_and_safe():
-    assert output_names(["/x/a.png", "/y/a.jpg", "/z/my photo.png"]) == ["a", "a_2", "my_photo"]
+    assert output_names(["/x/a.png", "/y/a.jpg", "/z/my photo.png", "/z/bild_ñçđ.png",
+                         "/z/a:b?.png"]) == ["a", "a_2", "my photo", "bild_ñçđ", "a_b_"]
 
 
 def test_predict_in_process_with_batches_and_padding(tmp_path):
-    config = config_lib.load_config("linear_probe.py", {"backbones.image.image_size": 32})
+    config = config_lib.load_config("linear_probe.py", {"model.image_size": 32})
     method = methods.build(config)
     params = method.init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
@@ -46,5 +53,5 @@ def test_predict_in_process_with_batches_and_padding(tmp_path):
     assert all(r["mask"] == "" for r in predictor.rows)       # no threshold, no mask
     assert (out / "scores.csv").read_text().count("\n") == 4
     assert np.asarray(Image.open(out / "img2_heatmap.png")).shape == (17, 90, 3)
-    with pytest.raises(ValueError, match="vmax"):
+    with pytest.raises(UsageError, match="vmax"):
         predict(method, params, config, paths, out, vmin=1.0, vmax=0.5, progress=False)

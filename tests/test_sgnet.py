@@ -1,4 +1,4 @@
-"""SGNet method (zsad_jax/methods/sgnet.py, sgnet_modules.py) and its config (configs/sgnet.py)."""
+"""SGNet method (zsad_jax/methods/sgnet/: method.py, modules.py) and its config (configs/sgnet.py)."""
 
 import json
 
@@ -9,8 +9,8 @@ import pytest
 from numerics import assert_gradient_reaches
 
 from zsad_jax import config_lib, methods
-from zsad_jax.methods import sgnet_modules
-from zsad_jax.methods.base import path_str
+from zsad_jax.methods.sgnet import modules as sgnet_modules
+from zsad_jax.tree import path_str
 
 
 def demo_config(**overrides):
@@ -46,8 +46,8 @@ def test_real_size_shapes_with_eval_shape():
     assert sorted(k for k in head if k.startswith("stage_")) == [f"stage_{i}" for i in range(4)]
     assert head["stage_0"]["visual_attention"]["proj_v"]["kernel"].shape == (768, 768)
     assert head["input_proj_0"]["kernel"].shape == (1024, 768)      # ViT-L width -> C_v
-    assert params["prompts"]["context"].shape == (2, 12, 768)
-    assert method.grid == (37, 37) and method.mask_size == 518
+    assert head["prompts"]["context"].shape == (2, 12, 768)
+    assert method.clip.grid == (37, 37) and method.mask_size == 518
     batch = {"images": {"clip": jax.ShapeDtypeStruct((1, 518, 518, 3), jnp.float32)},
              "masks": jax.ShapeDtypeStruct((1, 518, 518), jnp.float32),
              "labels": jax.ShapeDtypeStruct((1,), jnp.int32)}
@@ -105,17 +105,17 @@ def test_graviton_guided_head_is_the_mean_of_per_graviton_responses():
 def test_outputs_and_gradients_reach_gravitons_gates_prompts_not_backbone(demo):
     method, params, batch, (loss, terms), grads, features = demo
     assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in terms.values())
-    anomaly_map, score = jax.jit(method.outputs_from_features)(params, features)
+    anomaly_map, score = jax.jit(method.outputs_from_features)(params, features, batch)
     assert anomaly_map.shape == (2, 64, 64) and score.shape == (2,)
     assert float(anomaly_map.min()) >= 0 and float(anomaly_map.max()) <= 1
     flat = {path_str(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(grads)}
-    assert_gradient_reaches(grads, ["head/gravitons", "prompts/context"]
+    assert_gradient_reaches(grads, ["head/gravitons", "head/prompts/context"]
                             + [f"head/stage_{i}/{part}/" for i in range(2)
                                for part in ("gate", "visual_attention")])
-    assert all(not np.any(v) for k, v in flat.items() if k.startswith("backbone/"))  # frozen: exactly 0
+    assert all(not np.any(v) for k, v in flat.items() if k.startswith("backbones/"))  # frozen: exactly 0
     mask = method.trainable_mask(params)
     trainable = {path_str(k) for k, v in jax.tree_util.tree_leaves_with_path(mask) if v}
-    assert trainable and all(k.startswith(("head/", "prompts/")) for k in trainable)
+    assert trainable and all(k.startswith("head/") for k in trainable)
 
 
 def test_each_ablation_switch_removes_exactly_its_term(demo):
@@ -136,8 +136,9 @@ def test_each_ablation_switch_removes_exactly_its_term(demo):
             np.testing.assert_allclose(float(t[name]), float(terms[name]), rtol=1e-5)
         np.testing.assert_allclose(float(loss), float(full) - weight * float(terms[removed]), rtol=1e-5)
     # Both GPR terms off: GPR is not even computed, L_total = L_seg + L_cls.
-    assert not methods.build(demo_config(**{"gpr.attraction": False, "gpr.equilibrium": False})).uses_gpr
-    assert not methods.build(demo_config(**{"gpr.lambda_grav": 0.0})).uses_gpr
+    assert not methods.build(demo_config(**{"gpr.attraction": False,
+                                            "gpr.equilibrium": False})).gpr_cfg.active
+    assert not methods.build(demo_config(**{"gpr.lambda_grav": 0.0})).gpr_cfg.active
 
 
 def test_baseline_without_gin_has_no_stage_parameters():
@@ -158,10 +159,11 @@ def test_alternative_readings_run(demo):
                             "model.templates": ("a photo of a {}.",),
                             "model.normal_states": ("", "flawless"), "model.abnormal_states": ("damaged",)})
     method = methods.build(config)
-    backbone = demo[1]["backbone"]
-    params = {"backbone": backbone,
-              **jax.jit(method._init_trainable)(jax.random.PRNGKey(1), jax.random.PRNGKey(2), backbone)}
-    assert "prompts" not in params                 # nothing to learn on the text side
+    towers = demo[1]["backbones"]
+    params = {"backbones": towers,
+              "head": jax.jit(method._init_trainable)(jax.random.PRNGKey(1), jax.random.PRNGKey(2),
+                                                      towers)}
+    assert "prompts" not in params["head"]         # nothing to learn on the text side
     assert params["head"]["stage_1"]["visual_out"]["kernel"].shape == (24, 32)
 
     text = jax.jit(method.text_features)(params)                     # template ensemble
@@ -196,13 +198,12 @@ def test_config_variants_and_errors():
         methods.build(demo_config(**{"model.image_score": "mean"}))
     with pytest.raises(ValueError, match="gpr.w2='w1'"):
         methods.build(demo_config(**{"gpr.w2": "w1"}))
-    with pytest.raises(ValueError, match="2 tapped layers .* model.num_stages=3"):
-        method = methods.build(demo_config(**{"model.num_stages": 3}))
-        jax.eval_shape(method.init, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="2 tapped layers for config.model.num_stages=3"):
+        methods.build(demo_config(**{"model.num_stages": 3}))
 
 
 def test_demo_run_lowers_the_loss_and_beats_chance_on_held_out_classes(tmp_path):
-    from zsad_jax.training.loop import train
+    from zsad_jax.train import run_training as train
 
     steps = 80
     config = demo_config(**{"train.num_steps": steps, "train.log_every": 1, "train.eval_every": steps,
@@ -221,18 +222,17 @@ def test_init_loads_converted_weights_and_their_tokenizer(demo, tmp_path):
     from zsad_jax.backbones import io, tokenizer
 
     method, params = demo[0], demo[1]
-    backbone = jax.tree_util.tree_map(lambda x: np.asarray(x) + 0.5, params["backbone"])
-    io.write_folder(tmp_path / "clip", method.arch, backbone)
+    backbone = jax.tree_util.tree_map(lambda x: np.asarray(x) + 0.5, params["backbones"]["clip"])
+    io.write_folder(tmp_path / "clip", method.clip.arch, backbone)
     tokenizer.write_tokenizer_files(tokenizer.tiny_tokenizer(), tokenizer.tiny_bpe()[0], tmp_path / "clip")
     loaded = methods.build(demo_config(**{"backbones.clip.weights": str(tmp_path / "clip")}))
     assert loaded.required_files()[0][0] == str(tmp_path / "clip")
     new = loaded.init(jax.random.PRNGKey(0))
-    for a, b in zip(jax.tree_util.tree_leaves(new["backbone"]), jax.tree_util.tree_leaves(backbone),
+    for a, b in zip(jax.tree_util.tree_leaves(new["backbones"]["clip"]), jax.tree_util.tree_leaves(backbone),
                     strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(loaded._prompt_tokens()[0], method._prompt_tokens()[0])
-    wrong = methods.build(demo_config(**{"backbones.clip.weights": str(tmp_path / "clip"),
-                                         "backbones.clip.arch": "clip-vit-b32",
-                                         "backbones.clip.image_size": 64}))
     with pytest.raises(ValueError, match="not config.backbones.clip.arch='clip-vit-b32'"):
-        wrong.init(jax.random.PRNGKey(0))
+        methods.build(demo_config(**{"backbones.clip.weights": str(tmp_path / "clip"),
+                                     "backbones.clip.arch": "clip-vit-b32",
+                                     "backbones.clip.image_size": 64}))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from zsad_jax import config_lib, methods
-from zsad_jax.training.loop import train
+from zsad_jax.train import run_training as train
 
 
 def _batch(method, seed=0, size=4):
@@ -45,8 +45,7 @@ def test_loss_and_outputs_from_features_equal_the_image_path(variant):
     assert abs(float(moved) - float(direct)) > 1e-4 * abs(float(direct))
 
     amap, score = jax.jit(method.anomaly_outputs)(params, batch)
-    amap_f, score_f = jax.jit(method.outputs_from_features)(params, {**features,
-                                                                     "text": batch["text"]})
+    amap_f, score_f = jax.jit(method.outputs_from_features)(params, features, batch)
     np.testing.assert_allclose(amap_f, amap, atol=1e-6)
     np.testing.assert_allclose(score_f, score, atol=1e-6)
 
@@ -61,8 +60,9 @@ def test_outputs_from_features_without_text_names_the_missing_key():
     method = methods.build(config_lib.load_config("ssvp.py:demo"))
     params = jax.eval_shape(method.init, jax.random.PRNGKey(0))        # shapes only
     features = jax.eval_shape(method.frozen_features, params, _batch(method, size=2))
+    without = {k: v for k, v in _batch(method, size=2).items() if k != "text"}
     with pytest.raises(ValueError, match="'text'"):
-        jax.eval_shape(method.outputs_from_features, params, features)
+        jax.eval_shape(method.outputs_from_features, params, features, without)
 
 
 def test_cache_key_follows_the_clip_projection():
@@ -77,7 +77,7 @@ def test_cached_training_run(tmp_path):
         "train.num_steps": 3, "train.feature_cache": True, "train.eval_every": -1,
         "train.log_every": 1, "train.cache_dir": str(tmp_path / "cache"), "eval.num_heatmaps": 0})
     method = methods.build(config)
-    init_head = method.init(jax.random.PRNGKey(config.seed))["ssvp"]
+    init_head = method.init(jax.random.PRNGKey(config.seed))["head"]
     result = train(config, tmp_path / "run", progress=False)
     assert result.step == 3
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -85,11 +85,11 @@ def test_cached_training_run(tmp_path):
     assert len(losses) == 3 and np.all(np.isfinite(losses))
     (cache,) = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
     meta = json.loads((cache / "meta.json").read_text())
-    grid, layers = method.grid, len(method.clip_layers)
+    grid, layers = method.grid, len(method.clip.layers)
     shapes = sorted(tuple(leaf["shape"]) for leaf in meta["leaves"])
-    clip_dim, dino_dim = method.clip_model.cfg.embed_dim, method.dino_model.cfg.width
+    clip_dim, dino_dim = method.clip.arch.embed_dim, method.dino.arch.width
     assert shapes == sorted([(layers, grid * grid, clip_dim), (clip_dim,),
                              (layers, grid * grid, dino_dim), (dino_dim,)])
     # The prompts were trained from the cache (gradients pass the frozen text tower).
-    assert not np.allclose(result.params["ssvp/prompts/state"],
+    assert not np.allclose(result.params["head/prompts/state"],
                            np.asarray(init_head["prompts"]["state"]))

@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from zsad_jax import config_lib
-from zsad_jax.training.loop import train
+from zsad_jax.train import run_training as train
 
 
 def test_demo_lowers_loss_and_beats_chance_on_held_out_classes(tmp_path):
@@ -23,4 +23,4 @@ def test_demo_lowers_loss_and_beats_chance_on_held_out_classes(tmp_path):
     held_out = result.eval_metrics["synthetic"]["mean"]
     assert held_out["image_auroc"] > 0.5
     # The prompts and the injection gate were trained (their gradients pass the frozen text tower).
-    assert np.abs(result.params["ssvp/injection/alpha"]).max() > 0
+    assert np.abs(result.params["head/injection/alpha"]).max() > 0

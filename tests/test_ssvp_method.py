@@ -9,7 +9,7 @@ import pytest
 from numerics import assert_gradient_reaches
 
 from zsad_jax import config_lib, methods
-from zsad_jax.methods.base import path_str
+from zsad_jax.tree import path_str
 
 S = jax.ShapeDtypeStruct
 
@@ -29,7 +29,7 @@ def test_real_size_shapes():
     assert m.views["clip"].mean == (0.48145466, 0.4578275, 0.40821073)     # each view: its own norm
     assert m.views["dino"].mean == (0.485, 0.456, 0.406)
     params = jax.eval_shape(m.init, jax.random.PRNGKey(0))
-    head = params["ssvp"]
+    head = params["head"]
     assert head["hsvs_local_0"]["q_clip"]["kernel"].shape == (768, 768)    # D_c -> d_head
     assert head["hsvs_local_0"]["q_dino"]["kernel"].shape == (1024, 768)   # D_d -> d_head
     assert len([k for k in head if k.startswith("hsvs_local_")]) == 4
@@ -57,7 +57,7 @@ def test_real_size_shapes():
 ])
 def test_ablation_switches_remove_exactly_their_module(variant, expected):
     m = _method(f"demo,{variant}")
-    paths = _paths(jax.eval_shape(m.init_head, jax.random.PRNGKey(0)))
+    paths = _paths(jax.eval_shape(lambda r: m.init_head(r, None), jax.random.PRNGKey(0)))
     found = {"prompts"} if any(p.startswith("prompts/") for p in paths) else set()
     if any(p.startswith("hsvs_") for p in paths):
         found.add("hsvs")
@@ -89,20 +89,22 @@ def test_default_is_the_full_model_and_variants_compose():
 def test_lr_groups_and_trainable_split():
     m = _method("demo")
     c = m.config
-    paths = _paths(jax.eval_shape(m.init_head, jax.random.PRNGKey(0)))
+    paths = _paths(jax.eval_shape(lambda r: m.init_head(r, None), jax.random.PRNGKey(0)))
     regex, lr = c.optim.lr_groups[0].split("=")
-    prompt_paths = [p for p in (f"ssvp/{q}" for q in paths) if re.search(regex, p)]
-    assert sorted(prompt_paths) == ["ssvp/prompts/bg", "ssvp/prompts/state"]
+    prompt_paths = [p for p in (f"head/{q}" for q in paths) if re.search(regex, p)]
+    assert sorted(prompt_paths) == ["head/prompts/bg", "head/prompts/state"]
     paper = config_lib.load_config("ssvp.py")
-    assert paper.optim.lr_groups == ("^ssvp/prompts/=5e-4",) and paper.optim.lr == 1e-4
-    tree = {"clip": {"visual": {"proj": 0}}, "dino": {"norm": {"scale": 0}}, "ssvp": {"vae": {"k": 0}}}
-    assert m.trainable_mask(tree) == {"clip": {"visual": {"proj": False}},
-                                      "dino": {"norm": {"scale": False}}, "ssvp": {"vae": {"k": True}}}
+    assert paper.optim.lr_groups == ("^head/prompts/=5e-4",) and paper.optim.lr == 1e-4
+    tree = {"backbones": {"clip": {"visual": {"proj": 0}}, "dino": {"norm": {"scale": 0}}},
+            "head": {"vae": {"k": 0}}}
+    assert m.trainable_mask(tree) == {"backbones": {"clip": {"visual": {"proj": False}},
+                                                    "dino": {"norm": {"scale": False}}},
+                                      "head": {"vae": {"k": True}}}
 
 
 def test_prepare_batch_builds_class_prompts():
     m = _method("demo")
-    tok, cfg = m.tokenizer, m.clip_model.cfg
+    tok, cfg = m.tokenizer, m.clip.arch
     host = {"images": {}, "masks": np.zeros((2, 4, 4)), "labels": np.array([0, 1]),
             "class_name": np.array(["metal_nut", "pcb1"]), "image_path": np.array(["a", "b"])}
     batch = m.prepare_batch(host)
@@ -115,7 +117,8 @@ def test_prepare_batch_builds_class_prompts():
         assert list(ids[row, 1 + n_ctx:eot[row]]) == tok.encode(words)
         assert not ids[row, eot[row] + 1:].any()
     agnostic = _method("demo", **{"model.class_words": "object"})
-    ids = agnostic.prepare_batch(host)["text"]["ids"]
+    assert "text" not in agnostic.prepare_batch(host)          # constant prompts, made in the step
+    ids = agnostic.prompt_token_ids(host["class_name"])[0]
     assert list(ids[0, 1 + n_ctx:1 + n_ctx + len(tok.encode("object."))]) == tok.encode("object.")
     assert (ids[0] == ids[1]).all()
     with pytest.raises(ValueError, match="exceeds the text context"):
@@ -159,10 +162,10 @@ def test_forward_without_vtam_and_gradients_reach_the_prompts():
     batch = m.prepare_batch(host)
 
     def loss(head):
-        total, _, out = m.loss_and_outputs({**params, "ssvp": head}, batch, jax.random.PRNGKey(1))
+        total, _, out = m.loss_and_outputs({**params, "head": head}, batch, jax.random.PRNGKey(1))
         return total, out
 
-    grads, out = jax.jit(jax.grad(loss, has_aux=True))(params["ssvp"])
+    grads, out = jax.jit(jax.grad(loss, has_aux=True))(params["head"])
     np.testing.assert_allclose(out["p_map"], np.asarray(out["layer_probs"]).mean(1), rtol=1e-6)
     np.testing.assert_allclose(out["s_final"], out["s_global"], rtol=1e-6)
     t = np.asarray(out["t_init"])
@@ -180,11 +183,11 @@ def test_converted_weight_folders_are_loaded(tmp_path):
 
     demo = _method("demo")
     folders = {}
-    for name, model in (("clip", demo.clip_model), ("dino", demo.dino_model)):
-        shapes = jax.eval_shape(lambda m=model: backbones.init_params(m, jax.random.PRNGKey(0), 64))
+    for name, tower in (("clip", demo.clip), ("dino", demo.dino)):
+        shapes = jax.eval_shape(lambda m=tower.module: backbones.init_params(m, jax.random.PRNGKey(0), 64))
         rng = np.random.default_rng(len(name))
         params = jax.tree_util.tree_map(lambda s, r=rng: r.normal(size=s.shape).astype(np.float32), shapes)
-        io.write_folder(tmp_path / name, model.cfg, params)
+        io.write_folder(tmp_path / name, tower.arch, params)
         folders[name] = params
     merges, _ = tokenizer.tiny_bpe()
     tokenizer.write_tokenizer_files(backbones.load_tokenizer("clip-tiny"), merges, tmp_path / "clip")
@@ -192,7 +195,7 @@ def test_converted_weight_folders_are_loaded(tmp_path):
                            "backbones.dino.weights": str(tmp_path / "dino")})
     params = m.init(jax.random.PRNGKey(0))
     for name in ("clip", "dino"):
-        jax.tree_util.tree_map(np.testing.assert_array_equal, params[name], folders[name])
+        jax.tree_util.tree_map(np.testing.assert_array_equal, params["backbones"][name], folders[name])
     ids, _ = m.prompt_token_ids(["metal_nut"])
     np.testing.assert_array_equal(ids, demo.prompt_token_ids(["metal_nut"])[0])
 
@@ -204,8 +207,8 @@ def test_every_option_traces():
                            "model.eval_latent": "sample", "loss.seg_maps": "fused",
                            "loss.class_mode": "probability", "loss.vae_reduction": "mean"})
     params = jax.eval_shape(m.init, jax.random.PRNGKey(0))
-    assert params["ssvp"]["clip_proj_0"]["kernel"].shape == (64, 32)     # CLIP width -> D_c
-    assert params["ssvp"]["text_latent"]["k_latent"]["kernel"].shape == (2, 32)   # 8 / 4 per token
+    assert params["head"]["clip_proj_0"]["kernel"].shape == (64, 32)     # CLIP width -> D_c
+    assert params["head"]["text_latent"]["k_latent"]["kernel"].shape == (2, 32)   # 8 / 4 per token
     batch = {"images": {k: S((2, v.size, v.size, 3), jnp.float32) for k, v in m.views.items()},
              "masks": S((2, 64, 64), jnp.float32), "labels": S((2,), jnp.int32),
              "text": {"ids": S((2, 77), jnp.int32), "eot": S((2,), jnp.int32)}}

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zsad_jax.losses import ssvp as L
-from zsad_jax.methods import ssvp_modules as M
+from zsad_jax.methods.ssvp import losses as L
+from zsad_jax.methods.ssvp import modules as M
 
 RNG = np.random.default_rng(0)
 
@@ -76,7 +76,7 @@ def test_atf_rejects_mismatched_grids():
 
 def test_prompt_learner_places_context_after_sot():
     emb = RNG.normal(size=(2, 10, 6)).astype(np.float32)
-    mod = M.PromptLearner(num_prompts=3, bg_length=2, state_length=1)
+    mod = M.DecoupledPrompts(num_prompts=3, bg_length=2, state_length=1)
     p = mod.init(jax.random.PRNGKey(0), emb)["params"]
     out = np.asarray(mod.apply({"params": p}, emb))
     assert out.shape == (2, 2, 3, 10, 6)

@@ -25,7 +25,7 @@ def worker(workdir: str, synthetic_root: str, feature_cache: str, coordinator: s
            num_processes: int = 0, process_id: int = -1) -> None:
     """Trains the reference method STEPS steps; process 0 writes the updates (params - init) to
     workdir/params.npz."""
-    from zsad_jax.training import sharding
+    from zsad_jax import devices as sharding
 
     sharding.initialize_distributed(coordinator, num_processes, process_id)
     import jax
@@ -42,10 +42,10 @@ def worker(workdir: str, synthetic_root: str, feature_cache: str, coordinator: s
     assert result.step == STEPS
     if jax.process_index() == 0:
         from zsad_jax import methods
+        from zsad_jax.tree import flatten
 
-        init = methods.build(config).init(jax.random.PRNGKey(config.seed))["head"]
-        updates = {f"head/{k}": v - np.asarray(init[k]) for k, v in
-                   ((k.removeprefix("head/"), v) for k, v in result.params.items())}
+        init = flatten(methods.build(config).init(jax.random.PRNGKey(config.seed)))
+        updates = {k: v - np.asarray(init[k]) for k, v in result.params.items()}
         np.savez(pathlib.Path(workdir) / "params.npz", device_count=jax.device_count(),
                  process_count=jax.process_count(), **updates)
 
@@ -94,7 +94,7 @@ def _assert_same_params(reference, other, device_count, process_count):
     assert int(other.pop("device_count")) == device_count
     assert int(other.pop("process_count")) == process_count
     reference = {k: v for k, v in reference.items() if k not in ("device_count", "process_count")}
-    assert sorted(reference) == sorted(other) == ["head/bias", "head/kernel"]
+    assert sorted(reference) == sorted(other) == ["head/score/bias", "head/score/kernel"]
     # The training updates (params - init), not the params (the init would dominate them). Same
     # math; only the order of the cross-device sums differs.
     assert_trees_close(reference, other, rtol=1e-4, what="updates after training")

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from zsad_jax import config_lib, data
+from zsad_jax import config_lib, data, runs
 from zsad_jax.training import checkpoint, loop
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -50,20 +50,21 @@ def test_cli_trains_reference_method_and_lifts_heldout_pixel_auroc(tmp_path, syn
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.05
     evals = [x for x in records if x["kind"] == "eval"]
     assert [x["step"] for x in evals] == [50, 100]
-    final = json.loads((workdir / "eval" / "synthetic" / "metrics.json").read_text())
+    final = json.loads((workdir / "eval" / "step_100" / "synthetic" / "metrics.json").read_text())
     assert final["mean"]["pixel_auroc"] > 0.75, final["mean"]     # held-out classes
+    assert final["checkpoint"]["step"] == 100 and len(final["config_sha256"]) == 64
     assert (workdir / "eval" / "step_50" / "synthetic" / "metrics.json").exists()
-    assert list((workdir / "eval" / "synthetic" / "heatmaps").rglob("*.png"))
+    assert list((workdir / "eval" / "step_100" / "synthetic" / "heatmaps").rglob("*.png"))
     assert list((workdir / "tb").glob("events.out.tfevents.*"))
+    assert checkpoint.final_step(workdir) == 100
     kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert len(kept) == 3 and kept[-1] == 100            # one per epoch end, keep=3
-    # load_run: best = the better of the two evaluations; its params reproduce its metric.
-    config, method, params = checkpoint.load_run(workdir, "best")
-    assert config.train.num_steps == 100 and config.model.context_deviation is True
-    best_step = min((x for x in evals), key=lambda x: -x["synthetic/pixel_auroc"])["step"]
-    assert (workdir / "best" / str(best_step)).is_dir()
-    _, _, latest = checkpoint.load_run(workdir, "latest")
-    assert latest["head"]["kernel"].shape == (32, 1)
+    # load_run: the last checkpoint (the zero-shot protocol selects nothing on the targets).
+    run = runs.load_run(workdir)
+    assert run.config.train.num_steps == 100 and run.config.model.context_deviation is True
+    assert run.checkpoint.step == 100 and run.checkpoint.kind == "checkpoints"
+    assert run.params["head"]["score"]["kernel"].shape == (32, 1)
+    assert not (workdir / "best").exists()
 
 
 # ---- resume equivalence (also reproducibility: two straight runs are equal) --------------
@@ -88,14 +89,15 @@ def test_resume_equals_straight_run(tmp_path, synthetic_root, feature_cache):
 def test_frozen_params_untouched_and_not_in_optimizer_state(tmp_path, synthetic_root):
     config = probe_config(synthetic_root, **{"train.num_steps": 3})
     result = loop.train(config, tmp_path / "run", progress=False)
-    assert sorted(result.params) == ["head/bias", "head/kernel"]
+    assert sorted(result.params) == ["head/score/bias", "head/score/kernel"]
     leaves = jax.tree_util.tree_flatten_with_path(result.opt_state)[0]
     assert not [p for p, _ in leaves if "backbone" in jax.tree_util.keystr(p)]
-    _, method, params = checkpoint.load_run(tmp_path / "run", "latest")
+    _, method, params, _ = runs.load_run(tmp_path / "run", "latest")
     fresh = method.init(jax.random.PRNGKey(config.seed))
-    assert _same(params["backbone"], fresh["backbone"])               # bit-identical
+    assert _same(params["backbones"], fresh["backbones"])             # bit-identical
     assert not _same(params["head"], fresh["head"])
-    np.testing.assert_array_equal(params["head"]["kernel"], result.params["head/kernel"])
+    np.testing.assert_array_equal(params["head"]["score"]["kernel"],
+                                  result.params["head/score/kernel"])
 
 
 # ---- NaN guard ------------------------------------------------------------------------------
@@ -118,13 +120,13 @@ def test_nan_in_a_batch_stops_with_named_step_and_term(tmp_path, synthetic_root,
     with pytest.raises(loop.NonFiniteError) as err:
         loop.train(config, workdir, progress=False)
     message = str(err.value)
-    assert "train step 4" in message and "pixel_bce" in message and "grads" in message
-    assert "image_bce" not in message                    # the labels were fine
+    assert "train step 4" in message and "seg_bce" in message and "grads" in message
+    assert "cls_bce" not in message                      # the labels were fine
     assert "step 2) is intact" in message
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [2]
-    _, _, params = checkpoint.load_run(workdir, "latest")
-    assert np.isfinite(params["head"]["kernel"]).all()
+    params = runs.load_run(workdir, "latest").params
+    assert np.isfinite(params["head"]["score"]["kernel"]).all()
 
 
 # ---- config checks and missing inputs -------------------------------------------------------
@@ -142,22 +144,22 @@ def test_missing_weights_and_data_reported_before_compiling(tmp_path, monkeypatc
     from zsad_jax.training import step as step_lib
 
     monkeypatch.setattr(step_lib, "make_train_step", lambda *a, **k: pytest.fail("compiled"))
-    config = config_lib.load_config("linear_probe.py:demo", {
-        "backbones.image.weights": str(tmp_path / "weights" / "probe"),
+    config = config_lib.load_config("sgnet.py:demo", {
+        "backbones.clip.weights": str(tmp_path / "weights" / "clip"),
         "data.protocol": "visa_to_mvtec", "data.data_dir": str(tmp_path / "datasets")})
     with pytest.raises(loop.MissingInputsError) as err:
         loop.train(config, tmp_path / "run", progress=False)
     message = str(err.value)
-    assert str(tmp_path / "weights" / "probe") in message
+    assert str(tmp_path / "weights" / "clip") in message
     assert "python -m weights_conversion" in message
     assert "visa" in message.lower() and str(tmp_path / "datasets") in message
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_cli_missing_inputs_exit_code_and_message(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "zsad_jax.train", "--config", "linear_probe.py",
+    r = subprocess.run([sys.executable, "-m", "zsad_jax.train", "--config", "sgnet.py:demo",
                         "--workdir", str(tmp_path / "run"),
-                        f"--config.backbones.image.weights={tmp_path / 'nowhere'}"],
+                        f"--config.backbones.clip.weights={tmp_path / 'nowhere'}"],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 2
     assert "nothing was compiled" in r.stderr and str(tmp_path / "nowhere") in r.stderr

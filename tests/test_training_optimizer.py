@@ -96,8 +96,8 @@ def test_split_merge_and_optimizer_state_only_trainable():
 
 
 def test_nan_guard_keeps_last_good_state():
+    from zsad_jax.devices import make_mesh
     from zsad_jax.training import step as step_lib
-    from zsad_jax.training.sharding import make_mesh
 
     class Quadratic:
         def loss(self, params, batch, rng):

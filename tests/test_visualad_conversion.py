@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from weights_conversion import visualad as conv
-from zsad_jax.methods import visualad_weights as vw
-from zsad_jax.methods.visualad_heads import VisualADHead
+from zsad_jax.methods.visualad import weights as vw
+from zsad_jax.methods.visualad.modules import VisualADHead
 
 DIM, ANCHORS, POSITIONS, LAYERS = 16, 4, 1536, (1, 2)
 

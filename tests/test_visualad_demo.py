@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from zsad_jax import config_lib
-from zsad_jax.training.loop import train
+from zsad_jax.train import run_training as train
 
 
 def test_demo_lowers_loss_and_beats_chance_on_held_out_classes(tmp_path):

@@ -1,4 +1,5 @@
-"""VisualAD scoring and loss terms on hand-checked cases (zsad_jax/losses/visualad.py)."""
+"""VisualAD scoring and loss terms on hand-checked cases (zsad_jax/methods/visualad/losses.py,
+zsad_jax.ops.topk_mean)."""
 
 import math
 
@@ -6,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zsad_jax.losses import visualad as vl
-from zsad_jax.losses.segmentation import dice_loss, focal_loss
+from zsad_jax import ops
+from zsad_jax.losses import dice_loss, focal_loss
+from zsad_jax.methods.visualad import losses as vl
 
 
 def _tokens_at_angle(degrees, batch=1):
@@ -32,17 +34,17 @@ def test_margin_term_below_120_degrees(degrees, expected):
 def test_topk_mean_hand_made_maps():
     m = jnp.arange(100, dtype=jnp.float32).reshape(1, 10, 10)
     m = jnp.concatenate([m, -m], axis=0)                  # second map: maximum 0 at (0, 0)
-    np.testing.assert_allclose(vl.topk_mean(m, 0.01), [99.0, 0.0])          # k = 1
-    np.testing.assert_allclose(vl.topk_mean(m, 0.05), [97.0, -2.0])         # k = 5
-    np.testing.assert_allclose(vl.topk_mean(m, 0.011), [98.5, -0.5])        # k = ceil(1.1) = 2
-    np.testing.assert_allclose(vl.topk_mean(m, 1.0), [49.5, -49.5])
+    np.testing.assert_allclose(ops.topk_mean(m, 0.01), [99.0, 0.0])          # k = 1
+    np.testing.assert_allclose(ops.topk_mean(m, 0.05), [97.0, -2.0])         # k = 5
+    np.testing.assert_allclose(ops.topk_mean(m, 0.011), [98.5, -0.5])        # k = ceil(1.1) = 2
+    np.testing.assert_allclose(ops.topk_mean(m, 1.0), [49.5, -49.5])
 
 
 def test_topk_count_at_518_and_bad_ratio():
-    assert vl.topk_count(518 * 518, 0.01) == 2684             # ceil(2683.24)
-    assert vl.topk_count(10, 0.01) == 1
+    assert ops.topk_count(518 * 518, 0.01) == 2684             # ceil(2683.24)
+    assert ops.topk_count(10, 0.01) == 1
     with pytest.raises(ValueError, match="ratio"):
-        vl.topk_count(10, 0.0)
+        ops.topk_count(10, 0.0)
 
 
 def test_contrastive_difference_hand_case():
@@ -62,7 +64,7 @@ def test_losses_hand_case():
     probs = 1 / (1 + np.exp(-np.asarray(maps)))
     focal = sum(float(focal_loss(jnp.asarray(probs[i]), masks)) for i in range(3))
     dice = sum(float(dice_loss(jnp.asarray(probs[i]), masks)) for i in range(3))
-    np.testing.assert_allclose([float(parts["focal"]), float(parts["dice"]), float(seg)],
+    np.testing.assert_allclose([float(parts["seg_focal"]), float(parts["seg_dice"]), float(seg)],
                                [focal, dice, focal + dice], rtol=1e-5)
     # L_cls: BCE on the top-1% (k = 1) of the summed map.
     top = np.asarray(maps).sum(0).reshape(2, -1).max(1)
@@ -74,4 +76,4 @@ def test_losses_hand_case():
     np.testing.assert_allclose(float(total), bce + focal + dice + 0.5, rtol=1e-5)
     only_ctr, _ = vl.visualad_loss(maps, masks, labels, t_a, t_n, use_seg=False, use_cls=False)
     np.testing.assert_allclose(float(only_ctr), 0.5, rtol=1e-6)
-    assert set(terms) == {"cls", "seg", "ctr", "focal", "dice"}
+    assert set(terms) == {"cls_bce", "ctr", "seg_focal", "seg_dice"}

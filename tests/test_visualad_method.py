@@ -14,10 +14,10 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from weights_conversion import visualad as conv
 from zsad_jax import backbones, config_lib, methods
-from zsad_jax.losses.visualad import topk_mean
-from zsad_jax.methods import visualad_weights
-from zsad_jax.methods.base import path_str
-from zsad_jax.methods.visualad import gaussian_smooth
+from zsad_jax.methods.visualad import weights as visualad_weights
+from zsad_jax.ops import smooth_maps as gaussian_smooth
+from zsad_jax.ops import topk_mean
+from zsad_jax.tree import path_str
 
 
 def _demo(**overrides):
@@ -118,7 +118,7 @@ def test_end_to_end_parity_with_torch_reference(tmp_path):
         image_size=64, patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-5)).eval()
     for p in hf.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
-    params["backbone"]["visual"].update(
+    params["backbones"]["vit"]["visual"].update(
         jax.tree_util.tree_map(jnp.asarray, _flax_visual_from_hf(hf.state_dict(), 2)))
     head = {k: np.asarray(v) for k, v in params["head"].items() if k.endswith(("_token", "_pos"))}
     images = np.random.default_rng(5).normal(size=(2, size, size, 3)).astype(np.float32)
@@ -169,7 +169,7 @@ def test_gradients_reach_tokens_sca_saf_and_nothing_frozen_is_trainable(demo):
         name = path_str(path)
         trainable = jax.tree_util.tree_reduce(lambda a, b: a, _at(mask, path))
         dead = name.endswith("/k_norm/bias")     # softmax-invariant: exactly zero gradient
-        assert trainable == (not name.startswith("backbone/") and not dead), name
+        assert trainable == (not name.startswith("backbones/") and not dead), name
     live = jax.tree_util.tree_map_with_path(
         lambda p, g: None if path_str(p).endswith("k_norm/bias") else g, grads["head"])
     assert_gradient_reaches({"head": live}, ["head/"])
@@ -177,12 +177,17 @@ def test_gradients_reach_tokens_sca_saf_and_nothing_frozen_is_trainable(demo):
     remat = methods.build(_demo(**{"train.remat": True}))
     grads_remat = jax.jit(jax.grad(lambda p: remat.loss(p, batch, jax.random.key(1))[0]))(params)
     assert_trees_close(grads["head"], grads_remat["head"], rtol=1e-5, what="remat")
-    # The release's choices: frozen token positions, trained final LayerNorm.
+    # The release's choices: frozen token positions, trained final LayerNorm (a head copy of it).
     release = methods.build(_demo(**{"model.learn_token_pos": False, "model.train_final_norm": True}))
-    flags = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(release.trainable_mask(params))}
+    release_params = release.init(jax.random.key(0))
+    flags = {path_str(p): v
+             for p, v in jax.tree_util.tree_leaves_with_path(release.trainable_mask(release_params))}
     assert not flags["head/anomaly_pos"] and not flags["head/normal_pos"] and flags["head/anomaly_token"]
-    assert flags["backbone/visual/ln_post/scale"] and not flags["backbone/visual/ln_pre/scale"]
-    np.testing.assert_array_equal(params["head"]["anomaly_pos"], params["backbone"]["visual"]["pos_embed"][0])
+    assert flags["head/final_norm/scale"] and not flags["backbones/vit/visual/ln_post/scale"]
+    np.testing.assert_array_equal(release_params["head"]["final_norm"]["scale"],
+                                  release_params["backbones"]["vit"]["visual"]["ln_post"]["scale"])
+    np.testing.assert_array_equal(params["head"]["anomaly_pos"],
+                                  params["backbones"]["vit"]["visual"]["pos_embed"][0])
 
 
 def _at(tree, path):
@@ -197,7 +202,8 @@ def test_variants_dinov2_per_layer_and_ablations():
     method = methods.build(config)
     params = method.init(jax.random.key(0))
     assert not any(k.startswith("saf_") for k in params["head"]) and "sca_2" in params["head"]
-    np.testing.assert_array_equal(params["head"]["normal_pos"], params["backbone"]["pos_embed"][0])
+    np.testing.assert_array_equal(params["head"]["normal_pos"],
+                                  params["backbones"]["vit"]["pos_embed"][0])
     x = jax.random.normal(jax.random.key(0), (1, 64, 64, 3))
     maps, score = jax.jit(method.anomaly_outputs)(params, {"images": {"vit": x}})
     assert maps.shape == (1, 64, 64) and score.shape == (1,) and bool(jnp.isfinite(maps).all())
@@ -239,7 +245,7 @@ def test_real_size_shapes():
                  "masks": jax.ShapeDtypeStruct((8, 518, 518), jnp.float32),
                  "labels": jax.ShapeDtypeStruct((8,), jnp.int32)}
         loss, terms = jax.eval_shape(method.loss, shapes, batch, jax.random.key(0))
-        assert loss.shape == () and set(terms) >= {"cls", "seg", "ctr"}
+        assert loss.shape == () and set(terms) >= {"cls_bce", "seg_focal", "seg_dice", "ctr"}
         maps, scores = jax.eval_shape(method.anomaly_outputs, shapes, batch)
         assert maps.shape == (8, 518, 518) and scores.shape == (8,)
         assert method.mask_size == 518

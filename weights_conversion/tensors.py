@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -142,11 +141,3 @@ def read_hf_folder(folder: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
                 tensors.update(read_weights_file(folder / shard))
             return config, tensors
     raise ConversionError(f"{folder}: no model.safetensors or pytorch_model.bin (or sharded index)")
-
-
-def strip_prefix(tensors: dict[str, np.ndarray], prefixes: Iterable[str]) -> dict[str, np.ndarray]:
-    """Removes the first of `prefixes` that every key starts with (e.g. 'vision_model.')."""
-    for prefix in prefixes:
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            return {k[len(prefix):]: v for k, v in tensors.items()}
-    return tensors

@@ -1,5 +1,5 @@
 """Convert an official VisualAD checkpoint (`weight/train_on_*/CLIP.pth` of GitHub 7HHHHH/VisualAD)
-into a head folder for `zsad_jax.methods.visualad` (see `zsad_jax/methods/visualad_weights.py`).
+into a head folder for `zsad_jax.methods.visualad` (see `zsad_jax/methods/visualad/weights.py`).
 
     python -m weights_conversion.visualad --src weight/train_on_visa/CLIP.pth \
         --dst weights/visualad-train-on-visa
@@ -26,7 +26,8 @@ import sys
 
 import numpy as np
 
-from zsad_jax.methods.visualad_weights import save_head
+from zsad_jax.methods.visualad.weights import save_head
+from zsad_jax.tree import unflatten
 
 # torch names inside one SCA layer -> (our path, transpose?)
 _SCA_KEYS = {
@@ -149,14 +150,7 @@ def convert_state(state: dict, src: str = "checkpoint") -> tuple[dict, dict]:
             if path not in ("anchor_queries", "pos_encoding", "gate/kernel", "gate/bias", "res_scale") \
                     and arr.shape[0] != dim:
                 raise ConversionError(f"{src}: SCA layer {layer} {path} has shape {arr.shape}, width {dim}")
-        nested: dict = {}
-        for path, arr in flat.items():
-            node = nested
-            *parents, leaf = path.split("/")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = arr
-        params[f"sca_{layer}"] = nested
+        params[f"sca_{layer}"] = unflatten(flat)
 
     layers = sorted(set(saf_layers) | set(sca))
     features_list = [int(x) for x in state.get("features_list", layers)]

@@ -6,7 +6,8 @@ r"""Score any images with a trained run: per image an anomaly score and a heatma
 Writes into --out: <name>_heatmap.png (the anomaly map over the image, at the image's size, on
 the fixed colour scale --vmin..--vmax), with --threshold also <name>_mask.png (white = map >= T),
 and scores.csv (one row per image). Images of any size and format PIL reads; unreadable ones are
-named on stderr, skipped, and counted at the end.
+named on stderr, skipped, and counted at the end. Bad flags, and --images that match no image,
+exit 2 with one line, before any model is loaded.
 """
 
 from __future__ import annotations
@@ -14,22 +15,31 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+import os
 import pathlib
+import re
 import sys
 
-from zsad_jax import config_lib
+import numpy as np
+from PIL import Image
+
+from zsad_jax import cli_logging, config_lib, data, devices, runs
+from zsad_jax.data.pipeline import Preprocess
+from zsad_jax.data.records import IMAGE_EXTENSIONS
+from zsad_jax.evaluation import heatmaps, inference
+from zsad_jax.evaluation.postprocess import resize_map
+
+log = logging.getLogger(__name__)
 
 
 def define_flags() -> None:
     """Defines the CLI flags (at run time, so importing this module defines no absl flags)."""
     from absl import flags
 
-    from zsad_jax.evaluation import loading
-
     if "images" in flags.FLAGS:
         return
-    loading.define_model_flags()
-    for name in loading.MODEL_FLAGS:       # listed by --help with this module's own flags
+    runs.define_model_flags()
+    for name in runs.MODEL_FLAGS:       # listed by --help with this module's own flags
         flags.declare_key_flag(name)
     flags.DEFINE_list("images", None, "Image file(s), folder(s) (their image files, not "
                       "recursive) or glob pattern(s) ('**' recurses); comma-separated.")
@@ -43,42 +53,53 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", None, "Images per batch (default "
                          "config.data.eval_batch_size).")
     flags.DEFINE_bool("progress", True, "Show the progress bar (images/s, ETA).")
-    flags.DEFINE_string("class_name", "object", "Object word given to methods whose prompts name "
-                        "the class of the image (SSVP's [CLASS]); ignored by the other methods.")
+    flags.DEFINE_string("class_name", "", "The class of the images (an object word, e.g. "
+                        "'bottle'), for methods whose prompts name it; empty: unknown.")
 
 
 CSV_COLUMNS = ("image", "score", "map_max", "heatmap", "mask", "anomalous_fraction")
 
 
-def expand_images(specs) -> list[str]:
-    """Files, folders and glob patterns -> sorted unique paths (folders: their image files)."""
-    from zsad_jax.data.records import IMAGE_EXTENSIONS
+class UsageError(ValueError):
+    """A flag value that cannot be used; exit code 2."""
 
+
+def expand_images(specs) -> list[str]:
+    """Files, folders and glob patterns -> image paths, sorted per spec, each file once (by its
+    real path: a `**` glob through a symlink loop does not score one image many times).
+
+    Raises UsageError naming a spec that gives no image file.
+    """
     found: list[str] = []
     for spec in specs:
         path = pathlib.Path(spec).expanduser()
         if path.is_dir():
-            found += sorted(str(p) for p in path.iterdir()
-                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            matches = sorted(str(p) for p in path.iterdir()
+                             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not matches:
+                raise UsageError(f"--images {spec!r}: the folder holds no image file "
+                                 f"({', '.join(IMAGE_EXTENSIONS)})")
         elif path.is_file():
-            found.append(str(path))
+            matches = [str(path)]
         else:
             matches = sorted(p for p in glob.glob(str(path), recursive=True)
                              if pathlib.Path(p).is_file())
             if not matches:
-                raise FileNotFoundError(f"--images {spec!r}: no such file or folder, and no file "
-                                        "matches it as a glob pattern")
-            found += matches
-    return list(dict.fromkeys(found))
+                raise UsageError(f"--images {spec!r}: no such file or folder, and no file "
+                                 "matches it as a glob pattern")
+        found += matches
+    unique: dict[str, str] = {}
+    for p in found:
+        unique.setdefault(os.path.realpath(p), p)
+    return list(unique.values())
 
 
 def output_names(paths: list[str]) -> list[str]:
-    """A unique, file-system-safe name per image (its stem; _2, _3 ... on collisions)."""
-    import re
-
+    """A unique, file-system-safe name per image: its stem (Unicode letters kept; path separators
+    and control characters replaced), with _2, _3 ... on collisions."""
     names, used = [], {}
     for path in paths:
-        stem = re.sub(r"[^0-9A-Za-z._-]+", "_", pathlib.Path(path).stem) or "image"
+        stem = re.sub(r"[\x00-\x1f/\\:*?\"<>|]+", "_", pathlib.Path(path).stem).strip() or "image"
         count = used.get(stem, 0) + 1
         used[stem] = count
         names.append(stem if count == 1 else f"{stem}_{count}")
@@ -89,40 +110,30 @@ class Predictor:
     """Batches images through the jitted inference and writes PNGs + rows of scores.csv."""
 
     def __init__(self, method, params, config, out: pathlib.Path, threshold, vmin, vmax,
-                 batch_size: int, smoothing_sigma: float, class_name: str = "object"):
-        from zsad_jax.data.pipeline import Preprocess
-        from zsad_jax.evaluation import inference
-
+                 batch_size: int, smoothing_sigma: float, class_name: str = ""):
         self.method, self.out, self.class_name = method, out, class_name
         self.threshold, self.vmin, self.vmax = threshold, vmin, vmax
-        self.mesh = inference.default_mesh()
-        self.batch_size = inference.global_batch_size(batch_size, self.mesh)
+        self.mesh = devices.make_mesh()
+        self.batch_size = devices.global_batch_size(batch_size, self.mesh)
         self.infer = inference.inference_fn(method, float(smoothing_sigma), self.mesh)
-        self.params = inference.replicate(params, self.mesh)
+        self.params = devices.replicate(params, self.mesh)
         self.preprocess = Preprocess(method.views, method.mask_size, host_keys=True)
         self.rows: list[dict] = []
         self.failed: list[tuple[str, str]] = []
 
     def load(self, path: str):
         """Preprocessed example of one image (identical to the evaluation pipeline), or None."""
-        from zsad_jax.data import Record
-
-        record = Record(image_path=path, mask_path=None, label=0, class_name="", defect="",
-                        dataset="predict")
+        record = data.Record(image_path=path, mask_path=None, label=0, class_name=self.class_name,
+                             defect="", dataset="predict")
         try:
             return self.preprocess(record)
         except Exception as e:   # any decoding problem: name the file, go on with the rest
             reason = str(e.__cause__ or e)
             self.failed.append((path, reason))
-            sys.stderr.write(f"error: cannot read image {path}: {reason} (skipped)\n")
+            log.warning("cannot read image %s: %s (skipped)", path, reason)
             return None
 
     def run_batch(self, items: list[tuple[str, str, dict]]) -> None:
-        import numpy as np
-
-        from zsad_jax import data
-        from zsad_jax.evaluation import inference
-
         padding = self.preprocess.padding()
         examples = [e for _, _, e in items] + [padding] * (self.batch_size - len(items))
         batch = {"images": {v: np.stack([e["images"][v] for e in examples])
@@ -130,20 +141,12 @@ class Predictor:
                  "masks": np.stack([e["masks"] for e in examples]),
                  "labels": np.zeros((len(examples),), np.int32),
                  "class_name": np.asarray([self.class_name] * len(examples))}
-        batch = self.method.prepare_batch(batch)
-        maps, scores = self.infer(self.params, data.make_global_batch(batch, self.mesh))
-        maps, scores = inference.to_host(maps), inference.to_host(scores)
+        maps, scores = self.infer(self.params, devices.to_device(self.method, batch, self.mesh))
+        maps, scores = devices.to_host(maps), devices.to_host(scores)
         for i, (path, name, example) in enumerate(items):
             self.write(path, name, example, maps[i], float(scores[i]))
 
     def write(self, path: str, name: str, example: dict, anomaly_map, score: float) -> None:
-        import numpy as np
-        from PIL import Image
-
-        from zsad_jax import data
-        from zsad_jax.evaluation import heatmaps
-        from zsad_jax.evaluation.postprocess import resize_map
-
         height, width = (int(v) for v in example["native_size"])
         native_map = resize_map(anomaly_map, height, width)
         image = data.load_image(path)
@@ -161,28 +164,42 @@ class Predictor:
 
     def write_csv(self) -> pathlib.Path:
         path = self.out / "scores.csv"
-        with open(path, "w", newline="") as f:
+        with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             writer.writeheader()
             writer.writerows(self.rows)
         return path
 
 
+def check_flags(out, vmin: float, vmax: float, batch_size: int | None,
+                smoothing_sigma: float | None) -> None:
+    """Flag values checked before anything is loaded (UsageError naming the flag)."""
+    if out is None:
+        raise UsageError("--out is required (see --help)")
+    if pathlib.Path(out).exists() and not pathlib.Path(out).is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    if not vmax > vmin:
+        raise UsageError(f"--vmax ({vmax}) must be above --vmin ({vmin})")
+    if batch_size is not None and batch_size <= 0:
+        raise UsageError(f"--batch_size {batch_size}: expected a positive integer")
+    if smoothing_sigma is not None and smoothing_sigma < 0:
+        raise UsageError(f"--smoothing_sigma {smoothing_sigma}: expected >= 0")
+
+
 def predict(method, params, config, paths: list[str], out, threshold=None, vmin=0.0, vmax=1.0,
             batch_size: int | None = None, smoothing_sigma: float | None = None,
-            progress: bool = True, class_name: str = "object") -> Predictor:
+            progress: bool = True, class_name: str = "") -> Predictor:
     """Scores `paths`, writing into `out`; returns the Predictor (rows, failed)."""
+    check_flags(out, vmin, vmax, batch_size, smoothing_sigma)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if vmax <= vmin:
-        raise ValueError(f"--vmax ({vmax}) must be above --vmin ({vmin})")
     predictor = Predictor(
         method, params, config, out, threshold, vmin, vmax,
         batch_size or config.data.eval_batch_size,
         config.eval.smoothing_sigma if smoothing_sigma is None else smoothing_sigma, class_name)
     names = output_names(paths)
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
@@ -207,19 +224,22 @@ def predict(method, params, config, paths: list[str], out, threshold=None, vmin=
 def main(argv) -> None:
     from absl import flags
 
-    from zsad_jax.evaluation import loading
-
     f = flags.FLAGS
     if len(argv) > 1:
         raise SystemExit(f"error: unexpected arguments {argv[1:]} (see --help)")
-    if not f.images or not f.out:
-        raise SystemExit("error: --images and --out are required (see --help)")
-    logging.getLogger().setLevel(logging.INFO)
-    config, method, params, _ = loading.model_from_flags()
-    paths = expand_images(f.images)
-    predictor = predict(method, params, config, paths, f.out, f.threshold, f.vmin, f.vmax,
-                        f.batch_size, f.smoothing_sigma, progress=f.progress,
-                        class_name=f.class_name)
+    cli_logging.plain_logs()
+    try:
+        if not f.images:
+            raise UsageError("--images is required (see --help)")
+        check_flags(f.out, f.vmin, f.vmax, f.batch_size, f.smoothing_sigma)
+        paths = expand_images(f.images)
+        run = runs.model_from_flags()
+        predictor = predict(run.method, run.params, run.config, paths, f.out, f.threshold, f.vmin,
+                            f.vmax, f.batch_size, f.smoothing_sigma, progress=f.progress,
+                            class_name=f.class_name)
+    except (UsageError, FileNotFoundError, config_lib.ConfigError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        raise SystemExit(2) from None
     sys.stdout.write(f"{len(predictor.rows)} image(s) scored, {len(predictor.failed)} unreadable "
                      f"skipped; scores in {pathlib.Path(f.out) / 'scores.csv'}\n")
     if predictor.failed:

@@ -4,18 +4,20 @@
 An existing `--workdir` resumes from its latest checkpoint (refused if the config differs, unless
 `--config.train.allow_config_change=True`). Multi-host: started automatically on TPU pods / SLURM;
 elsewhere pass --coordinator_address, --num_processes and --process_id to every process.
-Exit codes: 0 done, 1 non-finite loss (message names step and term), 2 bad config / missing inputs.
+Exit codes: 0 done, 1 non-finite loss (message names step and term), 2 bad config / missing inputs
+/ a run directory held by another training.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from zsad_jax import config_lib
+from zsad_jax import cli_logging, config_lib, devices
+from zsad_jax.evaluation import Evaluator, ResultsExistError, markdown_table, results_folder
+from zsad_jax.training import checkpoint, loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None,
@@ -48,34 +50,37 @@ def _default_workdir(argv_config: str) -> str:
     return str(pathlib.Path("runs") / name)
 
 
+def run_training(config, workdir, *, progress: bool = True, stop_at_step: int | None = None):
+    """Trains `config` in `workdir` with the evaluation of its protocol's targets injected
+    (`zsad_jax.evaluation.Evaluator`); the train CLI without the command line."""
+    return loop.train(config, workdir, evaluator=Evaluator(config, progress=progress),
+                      progress=progress, stop_at_step=stop_at_step)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.getLogger().setLevel(logging.INFO)
-    for noisy in ("absl", "jax._src.xla_bridge"):   # Orbax's per-save INFO lines
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from zsad_jax.training import sharding
-
-    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                    force=_DISTRIBUTED.value)
-    from zsad_jax.training import checkpoint, loop
-
+    cli_logging.plain_logs()
+    devices.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                   force=_DISTRIBUTED.value)
     config = _CONFIG.value
     workdir = _WORKDIR.value or _default_workdir(flags.FLAGS["config"].config_filename)
     try:
-        result = loop.train(config, workdir, progress=_PROGRESS.value)
-    except (loop.MissingInputsError, checkpoint.ConfigMismatchError, config_lib.ConfigError) as e:
+        result = run_training(config, workdir, progress=_PROGRESS.value)
+    except (loop.MissingInputsError, checkpoint.ConfigMismatchError, checkpoint.RunLockedError,
+            config_lib.ConfigError, ResultsExistError) as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(2) from None
     except loop.NonFiniteError as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(1) from None
-    summary = ", ".join(f"{k}={v:.4f}" for k, v in result.final_metrics.items())
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.final_metrics.items())
     print(f"done: {result.step}/{result.total_steps} steps in {result.workdir} ({summary})")
+    folder = results_folder(result.workdir / checkpoint.EVAL_DIR, loop.Checkpoint(
+        str(result.workdir), "checkpoints", result.step))
     for dataset, metrics in result.eval_metrics.items():
-        mean = metrics.get("mean", {})
-        print(f"  {dataset}: " + ", ".join(f"{k}={'n/a' if v is None else f'{v:.4f}'}"
-                                           for k, v in mean.items()))
+        print("\n" + markdown_table(metrics) + f"written to {folder / dataset} (table.md, "
+              f"report.html)")
 
 
 def run() -> None:

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from zsad_jax import data
-from zsad_jax.methods.base import ImageView
+from zsad_jax.backbones import ImageView
 
 VIEWS = {"clip": ImageView(518, (0.48145466, 0.4578275, 0.40821073),
                            (0.26862954, 0.26130258, 0.27577711)),

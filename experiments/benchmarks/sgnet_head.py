@@ -18,8 +18,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from zsad_jax.losses import gpr
-from zsad_jax.methods.sgnet_modules import SGNetHead
+from zsad_jax.methods.sgnet import gpr
+from zsad_jax.methods.sgnet.modules import SGNetHead
 
 GRID, WIDTH, C_L, N, K = 37, 1024, 768, 20, 4
 

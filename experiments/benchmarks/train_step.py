@@ -49,7 +49,8 @@ def _batch(method, batch_size: int, rng: np.random.Generator) -> dict:
     return {"images": {name: rng.standard_normal((batch_size, v.size, v.size, 3), np.float32)
                        for name, v in method.views.items()},
             "masks": masks,
-            "labels": (np.arange(batch_size) >= batch_size // 2).astype(np.int32)}
+            "labels": (np.arange(batch_size) >= batch_size // 2).astype(np.int32),
+            "class_name": np.array(["bottle"] * batch_size)}
 
 
 def _time(fn, iters: int) -> tuple[float, float]:
@@ -67,31 +68,32 @@ def _time(fn, iters: int) -> tuple[float, float]:
     return first, (time.perf_counter() - start) / iters
 
 
-def bench_step(spec: str, config, iters: int) -> list[dict]:
+def bench_step(spec: str, config, iters: int, with_cache: bool = True) -> list[dict]:
+    """Rows of the full step's timing, and (with_cache, for methods that support it) of the
+    feature extraction and of the step from cached features."""
     import jax
 
-    from zsad_jax import methods
-    from zsad_jax.data import make_global_batch
-    from zsad_jax.training import optimizer, sharding, state, step
+    from zsad_jax import devices, methods
+    from zsad_jax.training import optimizer, state, step
 
     method = methods.build(config)
-    mesh = sharding.make_mesh()
+    mesh = devices.make_mesh()
     params = method.init(jax.random.PRNGKey(0))
     trainable, frozen, layout = state.split_params(params, method.trainable_mask(params))
     del params
-    frozen = sharding.replicate(frozen, mesh)
-    trainable = sharding.replicate(trainable, mesh)
+    frozen = devices.replicate(frozen, mesh)
+    trainable = devices.replicate(trainable, mesh)
     tx, _ = optimizer.make_optimizer(config.optim, layout.trainable_paths, 1000)
     batch_size = int(config.data.batch_size)
     host = _batch(method, batch_size, np.random.default_rng(0))
-    batch = make_global_batch(host, mesh)
+    batch = devices.to_device(method, host, mesh)
     rows = []
 
     def run(from_features, device_batch, feature_dtypes=None):
         terms = step.loss_term_names(method, layout, from_features, trainable, frozen,
                                      device_batch)
         st = jax.jit(lambda t: state.init_state(t, tx, jax.random.PRNGKey(1), terms),
-                     out_shardings=sharding.replicated(mesh))(trainable)
+                     out_shardings=devices.replicated(mesh))(trainable)
         fn = step.make_train_step(method, layout, tx, terms, mesh, from_features, feature_dtypes)
         holder = {"state": st}
 
@@ -104,7 +106,7 @@ def bench_step(spec: str, config, iters: int) -> list[dict]:
     first, per = run(False, batch)
     rows.append(dict(config=spec, what="full step", batch=batch_size, compile_s=first,
                      step_s=per, images_per_s=batch_size / per))
-    if method.supports_feature_cache:
+    if with_cache and method.supports_feature_cache:
         feature_fn = step.make_feature_fn(method, layout, mesh)
         f_first, f_per = _time(lambda: feature_fn(trainable, frozen, batch), iters)
         rows.append(dict(config=spec, what="feature extraction (cache build, per batch)",
@@ -112,8 +114,9 @@ def bench_step(spec: str, config, iters: int) -> list[dict]:
                          images_per_s=batch_size / f_per))
         features = feature_fn(trainable, frozen, batch)
         dtypes = tuple(x.dtype for x in jax.tree_util.tree_leaves(features))
-        cached = {"features": jax.tree_util.tree_map(lambda x: x.astype("bfloat16"), features),
-                  "masks": batch["masks"], "labels": batch["labels"]}
+        without_images = {k: v for k, v in host.items() if k != "images"}
+        cached = {**devices.to_device(method, without_images, mesh),
+                  "features": jax.tree_util.tree_map(lambda x: x.astype("bfloat16"), features)}
         c_first, c_per = run(True, cached, dtypes)
         rows.append(dict(config=spec, what="step from cached features", batch=batch_size,
                          compile_s=c_first, step_s=c_per, images_per_s=batch_size / c_per,
@@ -124,7 +127,7 @@ def bench_step(spec: str, config, iters: int) -> list[dict]:
 def bench_epochs(spec: str, config, epochs: int) -> list[dict]:
     import logging
 
-    from zsad_jax.training import loop
+    from zsad_jax.train import run_training
 
     logging.getLogger("absl").setLevel(logging.WARNING)
     rows, per_epoch = [], {}
@@ -138,7 +141,7 @@ def bench_epochs(spec: str, config, epochs: int) -> list[dict]:
             config.train.cache_dir = str(pathlib.Path(tmp) / "cache")
             workdir = pathlib.Path(tmp) / f"run_cache{int(cache)}"
             start = time.perf_counter()
-            result = loop.train(config, workdir, progress=False)
+            result = run_training(config, workdir, progress=False)
             total = time.perf_counter() - start
             stamps = [json.loads(line)["time"] for line in
                       (workdir / "metrics.jsonl").read_text().splitlines()]

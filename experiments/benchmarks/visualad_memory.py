@@ -34,10 +34,11 @@ def analyse(arch: str, size: int, batch: int, dtype: str, remat: bool) -> dict:
                     "labels": jax.ShapeDtypeStruct((batch,), jnp.int32)}
 
     def grad_head(head, backbone, batch, rng):
-        return jax.grad(lambda h: method.loss({"backbone": backbone, "head": h}, batch, rng)[0])(head)
+        return jax.grad(lambda h: method.loss({"backbones": {"vit": backbone}, "head": h}, batch,
+                                              rng)[0])(head)
 
     start = time.perf_counter()
-    compiled = jax.jit(grad_head).lower(params["head"], params["backbone"], batch_shapes,
+    compiled = jax.jit(grad_head).lower(params["head"], params["backbones"]["vit"], batch_shapes,
                                         jax.random.key(0)).compile()
     seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()

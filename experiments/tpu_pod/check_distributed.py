@@ -4,7 +4,7 @@
         python -m experiments.tpu_pod.check_distributed
 
 Takes the train CLI's coordinator flags (added by the launcher), starts `jax.distributed` the way
-the train CLI does (`zsad_jax.training.sharding.initialize_distributed`), sums one value per
+the train CLI does (`zsad_jax.devices.initialize_distributed`), sums one value per
 device across all processes, and prints one JSON line: process index/count, local and global
 device counts, the global sum (expected: n(n+1)/2 for n devices in all).
 """
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from zsad_jax.training import sharding
+    from zsad_jax import devices as sharding
 
     sharding.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     mesh = sharding.make_mesh()

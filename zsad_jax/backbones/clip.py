@@ -149,6 +149,10 @@ class CLIP(nn.Module):
         """ln_post + proj of vision tokens (B, ..., D) -> (B, ..., E)."""
         return self.visual.project(tokens)
 
+    def final_norm(self, tokens):
+        """ln_post alone (no projection) on vision tokens (B, ..., D) -> (B, ..., D)."""
+        return self.visual.ln_post(tokens)
+
     def encode_text(self, token_ids):
         """(B, L) token ids (L <= context_length) -> (B, E), pooled at the first EOT token."""
         return self._text()(token_ids)

@@ -79,6 +79,10 @@ class DINO(nn.Module):
         """The final `norm` applied to any tokens (B, ..., D)."""
         return self.norm(tokens)
 
+    final_norm = normalize_tokens
+    # DINO has no joint embedding space: its output space is the final-normed tokens.
+    project_image_tokens = normalize_tokens
+
     def encode_image(self, images, layers=(), prefix_tokens=None, prefix_pos_embed=None):
         """images (B, H, W, 3) normalized -> ImageFeatures (pooled: final-normed class token).
 

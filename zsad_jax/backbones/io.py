@@ -5,6 +5,7 @@ Written by `python -m weights_conversion`; read by `backbones.load`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 from typing import Any
@@ -78,3 +79,24 @@ def read_params(folder) -> Any:
         raise FileNotFoundError(f"{target} not found (converted weights folder without params)")
     with ocp.PyTreeCheckpointer() as ckpt:
         return ckpt.restore(target)
+
+
+_CHUNK = 1 << 20
+
+
+def folder_fingerprint(folder: str) -> str:
+    """Cheap fingerprint of a converted weights folder: names, sizes, first/last MiB of each file."""
+    if not folder:
+        return "random-init"
+    root = pathlib.Path(folder)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root) if path != root else path.name}:{size};".encode())
+        with path.open("rb") as f:
+            digest.update(f.read(_CHUNK))
+            if size > _CHUNK:
+                f.seek(max(size - _CHUNK, _CHUNK))
+                digest.update(f.read(_CHUNK))
+    return digest.hexdigest()

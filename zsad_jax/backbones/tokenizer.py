@@ -227,9 +227,20 @@ def tiny_bpe() -> tuple[tuple[tuple[str, str], ...], int]:
     return tuple(merges), TINY_VOCAB_SIZE
 
 
-def tiny_tokenizer(context_length: int = 77) -> ClipTokenizer:
-    """The offline tokenizer of the tiny random `clip-tiny` (vocab size TINY_VOCAB_SIZE)."""
-    return ClipTokenizer.from_bpe_merges(tiny_bpe()[0], context_length)
+def tiny_tokenizer(context_length: int = 77, sot_token_id: int | None = None,
+                   eot_token_id: int | None = None) -> ClipTokenizer:
+    """The offline tokenizer of the tiny random `clip-tiny` (vocab size TINY_VOCAB_SIZE).
+
+    With `sot_token_id` / `eot_token_id` the start / end tokens take those ids instead (a random
+    CLIP of a real architecture pools at its own EOT id; the other ids stay below 638).
+    """
+    tok = ClipTokenizer.from_bpe_merges(tiny_bpe()[0], context_length)
+    if sot_token_id is None and eot_token_id is None:
+        return tok
+    vocab = dict(tok.encoder)
+    vocab[SOT] = tok.sot_token_id if sot_token_id is None else sot_token_id
+    vocab[EOT] = tok.eot_token_id if eot_token_id is None else eot_token_id
+    return ClipTokenizer(vocab, tiny_bpe()[0], context_length)
 
 
 def write_tokenizer_files(tok: ClipTokenizer, merges: Sequence[tuple[str, str]], dst) -> None:

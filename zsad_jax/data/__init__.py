@@ -8,14 +8,16 @@ See docs/datasets.md for every dataset's expected layout. Importing this package
 tensorflow (the TFDS builders live in `zsad_jax.data.tfds`) or torch.
 """
 
+from zsad_jax.data.batch import DEVICE_KEYS, Batch, dummy_host_batch
 from zsad_jax.data.images import MASK_THRESHOLDS, load_image, load_mask
-from zsad_jax.data.pipeline import TrainLoader, eval_batches, make_global_batch
+from zsad_jax.data.pipeline import TrainLoader, eval_batches
 from zsad_jax.data.protocols import (
     PROTOCOLS,
     Protocol,
     Source,
     check_no_leak,
     dataset_root,
+    load_dataset,
     resolve_protocol,
 )
 from zsad_jax.data.records import DatasetError, Record
@@ -29,8 +31,8 @@ from zsad_jax.data.registry import (
 from zsad_jax.data.synthetic import make_synthetic
 
 __all__ = [
-    "DATASETS", "MASK_THRESHOLDS", "PROTOCOLS", "DatasetError", "DatasetInfo", "Protocol",
-    "Record", "Source", "TrainLoader", "check_no_leak", "dataset_root", "eval_batches",
-    "has_both_labels", "has_pixel_labels", "load_image", "load_index", "load_mask",
-    "make_global_batch", "make_synthetic", "resolve_protocol",
+    "Batch", "DATASETS", "DEVICE_KEYS", "MASK_THRESHOLDS", "PROTOCOLS", "DatasetError",
+    "DatasetInfo", "Protocol", "Record", "Source", "TrainLoader", "check_no_leak", "dataset_root",
+    "dummy_host_batch", "eval_batches", "has_both_labels", "has_pixel_labels", "load_dataset",
+    "load_image", "load_index", "load_mask", "make_synthetic", "resolve_protocol",
 ]

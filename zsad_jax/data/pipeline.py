@@ -1,5 +1,5 @@
-"""The grain input pipeline: decoding + per-view resizing, training and evaluation iterators, and
-global (multi-host) batches.
+"""The grain input pipeline: decoding + per-view resizing, training and evaluation iterators
+(host batches in the layout of `zsad_jax.data.batch`; `zsad_jax.devices` puts them on devices).
 
 Training order: for epoch e, a permutation of all N records from (seed, e) is cut into
 `steps_per_epoch = N // global_batch_size` global batches (the remainder is dropped); process p
@@ -253,49 +253,3 @@ class _EvalExample:
         if position >= len(self.records):
             return self.preprocess.padding()
         return self.preprocess(self.records[position])
-
-
-def make_global_batch(host_batch: Mapping, mesh, axis: str = "data") -> dict:
-    """This process's rows of a global batch -> global jax.Arrays sharded over `axis`.
-
-    Every array leaf is split on its leading axis, so keys a method adds in `Method.prepare_batch`
-    (e.g. SSVP's prompt ids) and cached bf16 features travel with images, masks and labels;
-    host-only string entries (class_name, image_path, ...) are dropped. Each process passes its
-    own share; the global batch is the shares in process order.
-
-    bf16 leaves travel as their uint16 bit patterns and are bit-cast on the device: a host bf16
-    array is converted element by element on its way to a device (~0.1 s for 19 MB on a CPU), a
-    uint16 array is not.
-    """
-    import jax
-    import ml_dtypes
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    sharding = NamedSharding(mesh, PartitionSpec(axis))
-
-    def put(x):
-        x = np.asarray(x)
-        bf16 = x.dtype == ml_dtypes.bfloat16
-        shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-        array = jax.make_array_from_process_local_data(
-            sharding, x.view(np.uint16) if bf16 else x, shape)
-        return _bfloat16_from_bits(array) if bf16 else array
-
-    def is_array_data(value) -> bool:
-        leaves = jax.tree_util.tree_leaves(value)
-        return bool(leaves) and all(np.asarray(leaf).dtype.kind not in "USO" for leaf in leaves)
-
-    return {key: jax.tree_util.tree_map(put, value)
-            for key, value in host_batch.items() if is_array_data(value)}
-
-
-@functools.cache
-def _bitcast_bf16():
-    import jax
-    import jax.numpy as jnp
-
-    return jax.jit(lambda bits: jax.lax.bitcast_convert_type(bits, jnp.bfloat16))
-
-
-def _bfloat16_from_bits(array):
-    return _bitcast_bf16()(array)

@@ -1,9 +1,17 @@
 """Cross-dataset zero-shot protocols, as data: which splits train, which evaluate.
 
 The auxiliary training data of zero-shot anomaly detection is the *test* split of another dataset
-(it has masks): train on VisA test, evaluate on MVTec-AD and the other sets; train on MVTec-AD test,
-evaluate on VisA (AnomalyCLIP, VisualAD, SGNet). SSVP's text says "training sets" of the auxiliary
-dataset; the protocols here follow the published code (test split), see docs/datasets.md.
+(it has masks). Which trained model evaluates which target differs by paper, so each method's
+config picks its paper's protocols:
+
+* AnomalyCLIP, SGNet: MVTec-trained -> VisA and every other dataset (`mvtec_to_all`);
+  VisA-trained -> MVTec-AD only (`visa_to_mvtec`);
+* SSVP: MVTec-trained -> VisA only (`mvtec_to_visa`); VisA-trained -> MVTec-AD, BTAD, KSDD2, RSDD,
+  DAGM, DTD-Synthetic (`visa_to_industrial`);
+* VisualAD: MVTec -> VisA (`mvtec_to_visa`), VisA -> MVTec-AD and the others (`visa_to_all`).
+
+SSVP's text says "training sets" of the auxiliary dataset; the protocols here follow the
+published code (test split), see docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -42,13 +50,26 @@ SYNTHETIC_EVAL_CLASSES = ("grass", "moon")
 _OTHERS = ("mpdd", "btad", "ksdd2", "dagm", "dtd", "rsdd", "sdd", "brainmri", "br35h", "headct",
            "clinicdb", "colondb", "kvasir", "isic")
 
+# The SSVP paper's VisA-trained targets (Sec. 4.1, Table 1).
+_SSVP_VISA_TARGETS = ("btad", "ksdd2", "rsdd", "dagm", "dtd")
+
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
-    Protocol("visa_to_mvtec", "train on VisA test (all 12 classes); evaluate on MVTec-AD test, "
-             "plus every other dataset whose root exists",
-             train=(Source("visa"),), eval=(Source("mvtec"),),
-             eval_optional=tuple(Source(n) for n in _OTHERS)),
+    Protocol("visa_to_mvtec", "train on VisA test (all 12 classes); evaluate on MVTec-AD test",
+             train=(Source("visa"),), eval=(Source("mvtec"),)),
     Protocol("mvtec_to_visa", "train on MVTec-AD test (all 15 classes); evaluate on VisA test",
              train=(Source("mvtec"),), eval=(Source("visa"),)),
+    Protocol("mvtec_to_all", "train on MVTec-AD test; evaluate on VisA test, plus every other "
+             "dataset whose root exists (AnomalyCLIP, SGNet)",
+             train=(Source("mvtec"),), eval=(Source("visa"),),
+             eval_optional=tuple(Source(n) for n in _OTHERS)),
+    Protocol("visa_to_all", "train on VisA test; evaluate on MVTec-AD test, plus every other "
+             "dataset whose root exists (VisualAD)",
+             train=(Source("visa"),), eval=(Source("mvtec"),),
+             eval_optional=tuple(Source(n) for n in _OTHERS)),
+    Protocol("visa_to_industrial", "train on VisA test; evaluate on MVTec-AD test, plus BTAD, "
+             "KSDD2, RSDD, DAGM and DTD-Synthetic where their roots exist (SSVP)",
+             train=(Source("visa"),), eval=(Source("mvtec"),),
+             eval_optional=tuple(Source(n) for n in _SSVP_VISA_TARGETS)),
     Protocol("synthetic", "train on synthetic classes " + ", ".join(SYNTHETIC_TRAIN_CLASSES)
              + "; evaluate on the held-out " + ", ".join(SYNTHETIC_EVAL_CLASSES),
              train=(Source("synthetic", classes=SYNTHETIC_TRAIN_CLASSES),),
@@ -93,6 +114,16 @@ def _load(source: Source, config, workdir) -> list[Record]:
                                skip_unreadable=bool(config.data.get("skip_unreadable", False)),
                                check=config.data.get("index_check", "decode"),
                                layout=config.data.get("layouts", {}).get(source.dataset, "auto"))
+
+
+def load_dataset(config, name: str, workdir, split: str = "test",
+                 classes: tuple[str, ...] | None = None, root=None) -> list[Record]:
+    """Records of one dataset split as `config` finds it (`dataset_root`, or `root` when given),
+    read with the config's layout / index-check / skip settings; DatasetError when missing."""
+    if root is not None:
+        config = config.copy_and_resolve_references()
+        config.data.roots[name] = str(root)
+    return _load(Source(name, split, tuple(classes) if classes else None), config, workdir)
 
 
 def check_no_leak(train: list[Record], evals: dict[str, list[Record]]) -> None:

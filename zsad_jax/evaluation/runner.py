@@ -1,8 +1,10 @@
 """evaluate_records: stream a dataset through a method, compute per-class metrics, write results.
 
 Images are streamed in batches (`data.eval_batches`); only the current classes' maps (float32, at
-the evaluation resolution) and masks are held, and a class is scored and dropped as soon as its
-last image has been seen (records are grouped by class first).
+the evaluation resolution) and masks are held, and a class is scored, drawn (heatmaps, its report
+section) and dropped as soon as its last image has been seen (records are grouped by class first).
+Results (metrics.json, metrics.csv, table.md, report.html) say which parameters produced them:
+`provenance` (the checkpoint's step, the config's sha256, ...) is written into each.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from zsad_jax import metrics
-from zsad_jax.evaluation import heatmaps, inference, tables
+from zsad_jax import data, devices, metrics
+from zsad_jax.config_lib import config_to_dict
+from zsad_jax.evaluation import heatmaps, inference, report, tables
 from zsad_jax.evaluation.postprocess import resize_map
 
 log = logging.getLogger(__name__)
@@ -76,9 +79,11 @@ class ClassAccumulator:
         self.masks.append(np.asarray(mask, bool))
         self.scores.append(float(score))
 
-    def metrics(self) -> dict:
-        from zsad_jax import data
+    @property
+    def labels(self) -> list[int]:
+        return [r.label for r in self.records]
 
+    def metrics(self) -> dict:
         labels = np.array([r.label for r in self.records], np.int32)
         pixel = data.has_pixel_labels(self.records)
         return metrics.evaluate(np.asarray(self.scores), labels,
@@ -86,8 +91,6 @@ class ClassAccumulator:
 
     def write_heatmaps(self, out_dir: pathlib.Path, count: int) -> list[pathlib.Path]:
         """`count` panels under out_dir/<class>/ on one colour scale (the class's min..max)."""
-        from zsad_jax import data
-
         picks = heatmap_picks([r.label for r in self.records], count)
         if not picks:
             return []
@@ -109,8 +112,6 @@ class ClassAccumulator:
 
 
 def _native_mask(record, shape) -> np.ndarray:
-    from zsad_jax import data
-
     if not record.mask_path:
         return np.zeros(shape, bool)
     mask = data.load_mask(record.mask_path, record.dataset)
@@ -121,36 +122,35 @@ def _native_mask(record, shape) -> np.ndarray:
 
 
 def evaluate_records(method, params, records: Sequence, config, out_dir, dataset_name: str,
-                     mesh=None, *, progress: bool = True) -> dict:
+                     mesh=None, *, progress: bool = True, provenance: dict | None = None,
+                     paper: dict | None = None, paper_label: str = "") -> dict:
     """Evaluates `method` with `params` on `records`; writes and returns the metrics.json content.
 
-    Writes into out_dir: metrics.json, metrics.csv, table.md, heatmaps/<class>/*.png
-    (config.eval.num_heatmaps per class). Reads config.eval.{smoothing_sigma, resolution,
-    num_heatmaps, max_images} and config.data.eval_batch_size (rounded up to a multiple of the
-    device count). `mesh`: a Mesh with axis "data" (default: all devices).
+    Writes into out_dir: metrics.json, metrics.csv, table.md, report.html (+ report_files/),
+    heatmaps/<class>/*.png (config.eval.num_heatmaps per class). Reads config.eval.{smoothing_sigma,
+    resolution, num_heatmaps, max_images} and config.data.eval_batch_size (rounded up to a multiple
+    of the device count). `mesh`: a Mesh with axis "data" (default: all devices). `provenance`:
+    what produced the parameters (checkpoint step, config sha256, ...), recorded in every file;
+    `paper`: {metric: percent} of the paper's table for this dataset, shown in the report.
     """
-    from zsad_jax import data
-
     ev = config.eval
-    if ev.resolution not in RESOLUTIONS:
-        raise ValueError(f"config.eval.resolution={ev.resolution!r}: use one of {RESOLUTIONS}")
     sigma = float(ev.smoothing_sigma)
-    if sigma < 0:
-        raise ValueError(f"config.eval.smoothing_sigma={sigma} must be >= 0 (0 = off)")
     records = group_by_class(records, int(ev.max_images))
     if not records:
         raise ValueError(f"no records to evaluate for dataset {dataset_name!r}")
     out_dir = pathlib.Path(out_dir)
-    mesh = mesh if mesh is not None else inference.default_mesh()
-    batch_size = inference.global_batch_size(config.data.eval_batch_size, mesh)
+    mesh = mesh if mesh is not None else devices.make_mesh()
+    batch_size = devices.global_batch_size(config.data.eval_batch_size, mesh)
     infer = inference.inference_fn(method, sigma, mesh)
-    params = inference.replicate(params, mesh)
+    params = devices.replicate(params, mesh)
     is_main = jax.process_index() == 0
+    assets = report.assets_dir(out_dir)
 
     last_position = {r.class_name: i for i, r in enumerate(records)}
     open_classes: dict[str, ClassAccumulator] = {}
     per_class: dict[str, dict] = {}
     class_sizes: dict[str, dict] = {}
+    sections = []
     num_batches = -(-len(records) // batch_size)
     batches = data.eval_batches(records, method.views, method.mask_size, batch_size,
                                 jax.process_index(), jax.process_count())
@@ -160,10 +160,10 @@ def evaluate_records(method, params, records: Sequence, config, out_dir, dataset
 
         bar = tqdm(total=len(records), desc=f"eval {dataset_name}", unit="img", dynamic_ncols=True)
     for k, host_batch in enumerate(batches):
-        device_batch = data.make_global_batch(method.prepare_batch(host_batch), mesh)
+        device_batch = devices.to_device(method, host_batch, mesh)
         maps, scores = infer(params, device_batch)
-        maps, scores = inference.to_host(maps), inference.to_host(scores)
-        masks = inference.to_host(device_batch["masks"]) > 0.5 if ev.resolution == "input" else None
+        maps, scores = devices.to_host(maps), devices.to_host(scores)
+        masks = devices.to_host(device_batch["masks"]) > 0.5 if ev.resolution == "input" else None
         for row in range(batch_size):
             position = k * batch_size + row
             if position >= len(records):
@@ -183,10 +183,13 @@ def evaluate_records(method, params, records: Sequence, config, out_dir, dataset
         for name in [c for c in open_classes if last_position[c] < done]:
             acc = open_classes.pop(name)
             per_class[name] = acc.metrics()
-            class_sizes[name] = {"images": len(acc.records),
-                                 "anomalous": sum(r.label for r in acc.records)}
+            class_sizes[name] = {"images": len(acc.records), "anomalous": sum(acc.labels)}
             if is_main and ev.num_heatmaps > 0:
                 acc.write_heatmaps(out_dir / "heatmaps", int(ev.num_heatmaps))
+            if is_main:
+                sections.append(report.class_section(
+                    name, acc.records, np.asarray(acc.scores), acc.labels, acc.maps, acc.masks,
+                    assets, pixel=data.has_pixel_labels(acc.records)))
         if bar is not None:
             bar.update(done - bar.n)
     if bar is not None:
@@ -196,6 +199,7 @@ def evaluate_records(method, params, records: Sequence, config, out_dir, dataset
                            f"with classes unscored: {sorted(set(last_position) - set(per_class))}")
     result = {
         "dataset": dataset_name,
+        **(provenance or {}),
         "resolution": ev.resolution,
         "map_size": int(method.mask_size),
         "smoothing_sigma": sigma,
@@ -207,5 +211,11 @@ def evaluate_records(method, params, records: Sequence, config, out_dir, dataset
     }
     if is_main:
         tables.write_results(out_dir, result)
-        log.info("%s: %s", dataset_name, {k: v for k, v in result["mean"].items()})
+        report.write_report(out_dir, result, sections, _report_provenance(provenance, config),
+                            paper=paper, paper_label=paper_label, assets=assets)
     return result
+
+
+def _report_provenance(provenance: dict | None, config) -> dict:
+    return {**(provenance or {}), "method": config.method, "config": config_to_dict(config),
+            "software": report.software_versions()}

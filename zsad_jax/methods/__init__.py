@@ -1,16 +1,19 @@
-"""Methods: SGNet, SSVP, VisualAD and a tiny reference method, behind one contract (`base.Method`).
+"""Methods behind one contract (`base.Method`), each a room `zsad_jax/methods/<name>/`.
 
     from zsad_jax import methods
     method = methods.build(config)          # config.method picks the class
+
+Registering a method is one line of `REGISTRY`; the contract test over the registry
+(tests/test_method_contract.py) then trains, evaluates, predicts and benchmarks its demo config.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from zsad_jax.methods.base import ImageView, Method, trainable_mask
+from zsad_jax.methods.base import FrozenFeaturesMethod, ImageView, Method
 
-# name -> "module:Class"; imported lazily so that `import zsad_jax` stays cheap.
+# name -> "module:Class"; imported on first use so that `import zsad_jax.methods` stays cheap.
 REGISTRY = {
     "linear_probe": "zsad_jax.methods.linear_probe:LinearProbe",
     "sgnet": "zsad_jax.methods.sgnet:SGNet",
@@ -31,4 +34,4 @@ def build(config) -> Method:
     return get_class(config.method)(config)
 
 
-__all__ = ["REGISTRY", "ImageView", "Method", "build", "get_class", "trainable_mask"]
+__all__ = ["REGISTRY", "FrozenFeaturesMethod", "ImageView", "Method", "build", "get_class"]

@@ -1,78 +1,49 @@
-"""The method contract: what the train loop, evaluation and prediction know about a method.
+"""The method contract: what the train loop, evaluation, prediction and benchmarks know of a method.
 
-A method is a config plus an object of a `Method` subclass that gives
+A method is a config plus an object of a `Method` subclass, living in its own room
+`zsad_jax/methods/<name>/` (method, modules, losses, config sections) and registered by one line
+in `zsad_jax/methods/__init__.py`. It gives
 
-* `views`: the images it needs, one `ImageView` per backbone (size + normalization);
-* `init(rng)`: the full parameter pytree, frozen backbone weights included (loaded from the
-  converted folders named in `config.backbones.*.weights`);
-* `loss(params, batch, rng) -> (scalar, {name: scalar})`: a pure function;
-* `anomaly_outputs(params, batch) -> (anomaly_map (B, M, M), image_score (B,))`;
-* `trainable`: regexes over '/'-joined parameter paths; everything else is frozen (no optimizer
-  state, no update).
+* `config_sections`: its typed config sections (`zsad_jax.config_types.Section`), checked once
+  by `validate_config` before anything is built; `check_config` adds cross-section checks;
+* `backbones`: its frozen towers, built with `zsad_jax.backbones.from_config` (one loading policy,
+  one tokenizer rule) in `__init__`; `views` (input size and normalization per tower) follow;
+* `init(rng)`: the full parameter pytree {"backbones": {name: tower params}, "head": trainable};
+* `loss(params, batch, rng) -> (scalar, {term: scalar})`: a pure function;
+* `anomaly_outputs(params, batch) -> (anomaly_map (B, M, M), image_score (B,))`, deterministic;
+* `trainable`: regexes over '/'-joined parameter paths (default: everything under "head/");
+* `prepare_batch(host_batch)`: the device batch (`zsad_jax.data.batch`); the only place a method
+  adds keys (e.g. prompt token ids from `class_name`).
 
-Optionally, methods whose trainable part sits entirely after the frozen backbones implement
-`frozen_features` / `loss_from_features` / `outputs_from_features` so the loop can cache backbone
-features on disk (`config.train.feature_cache`).
+Methods whose trainable part sits entirely after the frozen towers also implement
+`frozen_features` / `loss_from_features` / `outputs_from_features` (`supports_feature_cache`), so
+the loop can train from backbone features cached on disk (`config.train.feature_cache`).
 
-Batch layout (arrays with leading dimension B, as the data pipeline delivers them):
-
-    images: {view_name: (B, S, S, 3) float32}   normalized for that view
-    masks:  (B, M, M) float32 in {0, 1}         M = method.mask_size
-    labels: (B,) int32                          0 normal / 1 anomalous
-    class_name: (B,) numpy str                  host-only: removed by `prepare_batch`
-    text:   optional pytree of (B, ...) int arrays  made by a method's `prepare_batch` from host
-                                                keys (e.g. SSVP's class-word prompt token ids)
-
-The loop knows nothing method-specific beyond this file.
+The engine (`zsad_jax.training`, `zsad_jax.evaluation`, `zsad_jax.predict`) knows nothing of a
+method beyond this file. Template of a new method: `zsad_jax/methods/linear_probe/`, and
+docs/adding_a_method.md.
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
-import re
+import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
+
+from zsad_jax import backbones as backbones_lib
+from zsad_jax.backbones import Backbone, ImageView
+from zsad_jax.config_types import ConfigError, Section, config_sha256
+from zsad_jax.data.batch import DEVICE_KEYS, Batch
+from zsad_jax.tree import path_str, regex_mask, unmatched_patterns
+
+log = logging.getLogger(__name__)
 
 Params = Any
-Batch = dict[str, Any]
-
-# Keys of a batch that are arrays the compiled step may see.
-DEVICE_KEYS = ("images", "masks", "labels", "text")
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageView:
-    """How one backbone wants its input: a square `size` x `size` image normalized with mean/std."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-def path_str(path) -> str:
-    """A jax tree path as 'a/b/c'."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
-
-
-def trainable_mask(params: Params, patterns: tuple[str, ...]) -> Params:
-    """A pytree of bools: True where the '/'-joined path matches one of `patterns` (re.search)."""
-    compiled = [re.compile(p) for p in patterns]
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: any(c.search(path_str(path)) for c in compiled), params)
 
 
 class Method(abc.ABC):
@@ -80,28 +51,78 @@ class Method(abc.ABC):
 
     #: Registry name (the `config.method` value).
     name: ClassVar[str] = ""
-    #: Regexes (re.search) over '/'-joined param paths of the trainable parameters.
-    trainable: ClassVar[tuple[str, ...]] = ()
+    #: Typed config sections of the method: {section name: Section class}, e.g. {"model": Model}.
+    config_sections: ClassVar[dict[str, type[Section]]] = {}
     #: True if `frozen_features` / `loss_from_features` / `outputs_from_features` are implemented.
     supports_feature_cache: ClassVar[bool] = False
+    #: Regexes (re.search) over '/'-joined param paths of the trainable parameters.
+    trainable: tuple[str, ...] = (r"^head/",)
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
+        self.sections = type(self).validate_config(config)
+        self.dtype = jnp.dtype(config.train.compute_dtype)
+        self.backbones: dict[str, Backbone] = {}
+        self._identity = (type(self), config_sha256(config))
+
+    # Two methods built from equal configs are equal (they compute the same functions): compiled
+    # functions cached per method (evaluation's inference) are shared between them.
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Method) and self._identity == other._identity
+
+    def __hash__(self) -> int:
+        return hash(self._identity)
+
+    # ---- config ---------------------------------------------------------------------------
+    @classmethod
+    def validate_config(cls, config: ml_collections.ConfigDict) -> dict[str, Section]:
+        """The method's typed sections of `config`, checked (ConfigError naming the key)."""
+        sections = {name: section.from_config(config.get(name), name)
+                    for name, section in cls.config_sections.items()}
+        cls.check_config(config, sections)
+        return sections
+
+    @classmethod
+    def check_config(cls, config: ml_collections.ConfigDict, sections: dict[str, Section]) -> None:
+        """Checks across sections (e.g. which backbones the method needs); raise ConfigError."""
+        del config, sections        # nothing to check across the sections of the base contract
+
+    @staticmethod
+    def require_backbones(config, names, what: str) -> None:
+        """ConfigError unless config.backbones has exactly the sections `names`."""
+        have = sorted(config.backbones.keys())
+        if have != sorted(names):
+            raise ConfigError(f"config.backbones has {have or 'no sections'}; {what} needs "
+                              f"{sorted(names)}")
+
+    def build_backbone(self, name: str, **kwargs) -> Backbone:
+        """The tower of `config.backbones.<name>` in this method's compute dtype and remat."""
+        bb = backbones_lib.from_config(name, self.config.backbones[name], dtype=self.dtype,
+                                       remat=bool(self.config.train.remat), **kwargs)
+        self.backbones[name] = bb
+        return bb
 
     # ---- required -------------------------------------------------------------------------
     @property
-    @abc.abstractmethod
     def views(self) -> dict[str, ImageView]:
-        """Image views this method consumes, keyed by name (usually the backbone's name)."""
+        """Image views this method consumes, keyed by name (default: one per backbone)."""
+        return {name: bb.view for name, bb in self.backbones.items()}
 
     @property
     def mask_size(self) -> int:
         """Side of the square training masks and anomaly maps; default: the largest view."""
         return max(v.size for v in self.views.values())
 
-    @abc.abstractmethod
     def init(self, rng: jax.Array) -> Params:
-        """Full parameter pytree (frozen backbone weights included)."""
+        """Full parameter pytree: {"backbones": {name: frozen tower}, "head": `init_head`}."""
+        head_rng, *keys = jax.random.split(rng, len(self.backbones) + 1)
+        towers = {name: bb.init(key) for (name, bb), key in zip(self.backbones.items(), keys,
+                                                                 strict=True)}
+        return {"backbones": towers, "head": self.init_head(head_rng, towers)}
+
+    def init_head(self, rng: jax.Array, towers: dict[str, Params]) -> Params:
+        """The trainable parameters (given the frozen towers' parameters)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither init nor init_head")
 
     @abc.abstractmethod
     def loss(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict]:
@@ -113,7 +134,12 @@ class Method(abc.ABC):
 
     # ---- defaults -------------------------------------------------------------------------
     def trainable_mask(self, params: Params) -> Params:
-        return trainable_mask(params, self.trainable)
+        """Bool pytree of `params`: the leaves `trainable` matches. A regex matching no parameter
+        is named in a warning."""
+        paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        for pattern in unmatched_patterns(paths, self.trainable):
+            log.warning("%s: trainable pattern %r matches no parameter", self.name, pattern)
+        return regex_mask(params, tuple(self.trainable))
 
     def prepare_batch(self, batch: Mapping[str, Any]) -> Batch:
         """Host batch -> the arrays the compiled functions see (drops strings, paths, ...)."""
@@ -121,13 +147,7 @@ class Method(abc.ABC):
 
     def required_files(self) -> list[tuple[str, str]]:
         """(path, how to get it) for every file the config needs; checked before compiling."""
-        out = []
-        for name, bb in self.config.backbones.items():
-            if bb.weights:
-                out.append((bb.weights, f"converted weights for backbone {name!r} ({bb.arch}): "
-                            f"python -m weights_conversion --src <downloaded checkpoint> "
-                            f"--dst {bb.weights}"))
-        return out
+        return [item for bb in self.backbones.values() for item in bb.required_files()]
 
     # ---- optional: frozen-feature cache ---------------------------------------------------
     def frozen_features(self, params: Params, batch: Batch) -> Any:
@@ -138,23 +158,42 @@ class Method(abc.ABC):
                            rng: jax.Array) -> tuple[jax.Array, dict]:
         raise NotImplementedError(f"{type(self).__name__} does not support the feature cache")
 
-    def outputs_from_features(self, params: Params, features: Any) -> tuple[jax.Array, jax.Array]:
+    def outputs_from_features(self, params: Params, features: Any,
+                              batch: Batch) -> tuple[jax.Array, jax.Array]:
         raise NotImplementedError(f"{type(self).__name__} does not support the feature cache")
 
     def feature_cache_key(self) -> dict:
         """What determines `frozen_features`: a stale cache is never reused across a change."""
-        return {name: dict(arch=bb.arch, weights=bb.weights, image_size=bb.image_size,
-                           layers=list(bb.layers))
-                for name, bb in self.config.backbones.items()}
+        return {name: bb.cache_key() for name, bb in self.backbones.items()}
 
 
-def compute_dtype(config: ml_collections.ConfigDict):
-    """`config.train.compute_dtype` as a jnp dtype."""
-    name = config.train.compute_dtype
-    if name not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"config.train.compute_dtype={name!r}: use float32, bfloat16 or float16")
-    return jnp.dtype(name)
 
 
-def as_numpy_str(values) -> np.ndarray:
-    return np.asarray(values, dtype=str)
+class FrozenFeaturesMethod(Method):
+    """A method whose trainable part reads only `frozen_features` (the feature cache works): its
+    `loss` and `anomaly_outputs` are the `*_from_features` functions on the towers' outputs."""
+
+    supports_feature_cache: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def frozen_features(self, params: Params, batch: Batch) -> Any:
+        """Backbone outputs the trainable part consumes: pytree of (B, ...) arrays (no gradient)."""
+
+    @abc.abstractmethod
+    def loss_from_features(self, params: Params, features: Any, batch: Batch,
+                           rng: jax.Array) -> tuple[jax.Array, dict]:
+        """`loss` after the frozen towers."""
+
+    @abc.abstractmethod
+    def outputs_from_features(self, params: Params, features: Any,
+                              batch: Batch) -> tuple[jax.Array, jax.Array]:
+        """`anomaly_outputs` after the frozen towers."""
+
+    def loss(self, params, batch, rng):
+        return self.loss_from_features(params, self.frozen_features(params, batch), batch, rng)
+
+    def anomaly_outputs(self, params, batch):
+        return self.outputs_from_features(params, self.frozen_features(params, batch), batch)
+
+
+__all__ = ["Batch", "FrozenFeaturesMethod", "ImageView", "Method", "Params"]

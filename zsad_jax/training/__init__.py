@@ -1,11 +1,11 @@
 """The training engine (docs/training.md).
 
-    from zsad_jax.training import loop, checkpoint
-    result = loop.train(config, workdir)                       # train / resume
-    config, method, params = checkpoint.load_run(workdir)      # a trained run, for eval/predict
+    from zsad_jax.training import loop
+    result = loop.train(config, workdir, evaluator=evaluator)   # train / resume
 
 Modules: `optimizer` (AdamW, schedules, lr groups), `state` (trainable/frozen split, train state),
-`step` (the compiled step, NaN guard), `sharding` (mesh, jax.distributed), `checkpoint` (Orbax run
-directory, load_run), `feature_cache` (frozen features on disk), `metrics_writer` (JSON lines +
-TensorBoard), `loop` (the loop). Submodules are imported on use; importing this package is cheap.
+`step` (the compiled step, NaN guard), `checkpoint` (the run directory: config, Orbax checkpoints,
+lock), `feature_cache` (frozen features on disk), `metrics_writer` (JSON lines + TensorBoard),
+`progress` (compile phase, bar or log lines), `loop` (the loop). Evaluation is injected into the
+loop; this package never imports `zsad_jax.evaluation`. Importing this package is cheap.
 """

@@ -1,4 +1,4 @@
-"""Checkpoints of a run directory, and `load_run` for evaluation / prediction.
+"""A run directory: its config, its checkpoints (Orbax), its lock.
 
 Layout of a run directory (`--workdir`):
 
@@ -7,61 +7,42 @@ Layout of a run directory (`--workdir`):
                          state, step, rng (Orbax, atomic: written to a temporary dir, then renamed),
                          the data iterator state and metadata (JSON)
     best/<step>/         the trainable params with the best `config.train.best_metric` so far
+    .lock                the training that holds the directory (pid and host inside)
+    final.json           {"step": N}, written when the training has run all its steps
+    eval/                the evaluation results, one folder per checkpoint (zsad_jax.evaluation)
 
 Frozen parameters are not saved: they come back from `method.init(PRNGKey(config.seed))` and the
 converted weights files, and their sha256 fingerprint, recorded in every checkpoint, is checked on
-load (a changed weights file is an error, not a silent mismatch).
+load (a changed weights file is an error, not a silent mismatch). `zsad_jax.runs.load_run` gives
+a trained run back for evaluation and prediction.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import pathlib
-from typing import Any
+import socket
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from zsad_jax.training import state as state_lib
+from zsad_jax.config_lib import config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+FINAL_FILE = "final.json"
+EVAL_DIR = "eval"
 # Keys whose change never blocks a resume.
 RESUME_NEUTRAL_KEYS = ("train.allow_config_change",)
 
 
 class ConfigMismatchError(RuntimeError):
     """Resuming a run with a config that differs from the saved one."""
-
-
-# ---- config <-> JSON ------------------------------------------------------------------------
-def config_to_dict(config: ml_collections.ConfigDict) -> dict:
-    """The config as plain JSON types (tuples -> lists)."""
-    return json.loads(json.dumps(config.to_dict(), default=_json_default))
-
-
-def _json_default(value):
-    if isinstance(value, (tuple, set)):
-        return list(value)
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
-def _lists_to_tuples(value):
-    if isinstance(value, dict):
-        return {k: _lists_to_tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_lists_to_tuples(v) for v in value)
-    return value
-
-
-def config_from_dict(data: dict) -> ml_collections.ConfigDict:
-    """Inverse of `config_to_dict` (sequences come back as tuples, like in the config files)."""
-    return ml_collections.ConfigDict(_lists_to_tuples(data))
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -86,12 +67,14 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return lines
 
 
-def write_or_check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
-    """Writes `config.json` for a new run; for an existing one, refuses a changed config unless
-    `config.train.allow_config_change`. Returns True if the run directory already had a config."""
+def write_or_check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                          has_checkpoint: bool) -> bool:
+    """Writes `config.json`; for a run with a checkpoint, refuses a changed config unless
+    `config.train.allow_config_change` (a run that never saved a checkpoint trained nothing: its
+    config is replaced). Returns True if a saved config was kept (a resume)."""
     path = workdir / CONFIG_FILE
     current = config_to_dict(config)
-    if path.exists():
+    if path.exists() and has_checkpoint:
         saved = json.loads(path.read_text())
         diff = config_differences(saved, current)
         if diff and not config.train.allow_config_change:
@@ -105,6 +88,8 @@ def write_or_check_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
             if jax.process_index() == 0:
                 (workdir / "config.changed.json").write_text(json.dumps(current, indent=2))
         return True
+    if path.exists() and config_differences(json.loads(path.read_text()), current):
+        log.info("%s: no checkpoint was saved under the old config; it is replaced", path)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
@@ -169,7 +154,6 @@ class RunCheckpoints:
             self.best.close()
 
 
-# ---- load_run -------------------------------------------------------------------------------
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     path = pathlib.Path(workdir) / CONFIG_FILE
     if not path.exists():
@@ -178,66 +162,60 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     return config_from_dict(json.loads(path.read_text()))
 
 
-def _find_step(workdir: pathlib.Path, which: str) -> tuple[str, int]:
-    if which not in ("best", "latest"):
-        raise ValueError(f"which={which!r}: use 'best' or 'latest'")
-    if which == "best" and (workdir / "best").is_dir():
-        manager = _manager(workdir / "best", ocp.CheckpointManagerOptions(create=False))
-        step = manager.latest_step()
-        manager.close()
-        if step is not None:
-            return "best", step
-        log.warning("%s has no best checkpoint (no evaluation ran); using the latest", workdir)
-    elif which == "best":
-        log.warning("%s has no best checkpoint (no evaluation ran); using the latest", workdir)
-    manager = _manager(workdir / "checkpoints", ocp.CheckpointManagerOptions(create=False))
-    step = manager.latest_step()
-    manager.close()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}: the run saved none yet")
-    return "checkpoints", step
+def manager(directory: pathlib.Path) -> ocp.CheckpointManager:
+    """A read-only manager of an existing checkpoint folder (checkpoints/ or best/)."""
+    return _manager(directory, ocp.CheckpointManagerOptions(create=False))
 
 
-def load_run(workdir: str | pathlib.Path, which: str = "best") -> tuple[ml_collections.ConfigDict,
-                                                                           Any, Any]:
-    """(config, method, params) of a trained run; `which` = "best" (falls back to the latest
-    checkpoint when no evaluation ran) or "latest". Params are the method's full pytree (frozen
-    weights rebuilt by `method.init` and checked against the saved fingerprint)."""
-    from zsad_jax import methods
+class RunLockedError(RuntimeError):
+    """Another training holds the run directory."""
 
-    workdir = pathlib.Path(workdir)
-    config = load_config(workdir)
-    method = methods.build(config)
-    kind, step = _find_step(workdir, which)
-    params = method.init(jax.random.PRNGKey(config.seed))
-    trainable, frozen, layout = state_lib.split_params(params, method.trainable_mask(params))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = {p: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device)
-                for p, v in trainable.items()}
-    manager = _manager(workdir / kind, ocp.CheckpointManagerOptions(create=False))
-    if kind == "best":
-        restored = manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        trainable = restored.params
-    else:
-        from zsad_jax.training import optimizer as optimizer_lib
 
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        tx, _ = optimizer_lib.make_optimizer(config.optim, layout.trainable_paths, 1)
-        target = jax.eval_shape(lambda t: state_lib.init_state(
-            t, tx, jax.random.PRNGKey(0), tuple(meta["loss_terms"])), trainable)
-        target = jax.tree_util.tree_map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), target)
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-        trainable = restored.state["params"]
-    meta = restored.meta
-    manager.close()
-    expected = meta.get("frozen_fingerprint")
-    if expected and expected != state_lib.fingerprint(frozen):
-        raise ValueError(
-            f"the frozen weights rebuilt for {workdir} differ from those the run trained with "
-            f"(fingerprint mismatch): check config.backbones.*.weights "
-            f"({', '.join(bb.weights or '<random init>' for bb in config.backbones.values())})")
-    log.info("Loaded %s checkpoint step %d of %s", kind, step, workdir)
-    return config, method, state_lib.merge_params(trainable, frozen, layout)
+class RunLock:
+    """An exclusive lock on a run directory for one training (process 0 of a run takes it).
+
+    `fcntl.flock` on `<workdir>/.lock`, which holds the holder's pid and host: a second training
+    of the same directory is refused at once, naming them. The OS releases the lock when the
+    holder exits, however it exits (kill -9 included).
+    """
+
+    def __init__(self, workdir: pathlib.Path):
+        self.path = pathlib.Path(workdir) / ".lock"
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        if jax.process_index() != 0:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLockedError(f"{self.path.parent} is being trained by another process ({holder}); "
+                                 f"wait for it to end, or use another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def mark_final(workdir: pathlib.Path, step: int) -> None:
+    """Records that the training ran all its steps (the last checkpoint is `step`)."""
+    if jax.process_index() == 0:
+        tmp = workdir / (FINAL_FILE + ".tmp")
+        tmp.write_text(json.dumps({"step": int(step)}) + "\n")
+        tmp.replace(workdir / FINAL_FILE)
+
+
+def final_step(workdir: str | pathlib.Path) -> int | None:
+    """The last step of a finished training, None while it is unfinished."""
+    path = pathlib.Path(workdir) / FINAL_FILE
+    return int(json.loads(path.read_text())["step"]) if path.is_file() else None

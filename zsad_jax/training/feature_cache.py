@@ -16,8 +16,10 @@ cache), the views, mask size, compute dtype and the exact record list. A stale c
 reused: a different key is a different directory. Writes are atomic (temporary dir, rename).
 
 `CachedLoader` then iterates the cache like `data.TrainLoader` iterates images: a deterministic
-shuffle per (seed, epoch), drop remainder, this process's rows of each global batch (features,
-masks, labels, class_name), and a `get_state()/set_state()` position for exact resume.
+shuffle per (seed, epoch), drop remainder, this process's rows of each global batch in the host
+batch layout of `zsad_jax.data.batch` (features instead of images), and a `get_state()/set_state()`
+position for exact resume. `training_loader` is what the train loop calls: it builds or opens the
+cache and returns the loader.
 """
 
 from __future__ import annotations
@@ -36,28 +38,11 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from zsad_jax import data, devices
+from zsad_jax.backbones import io
+from zsad_jax.training import step as step_lib
+
 log = logging.getLogger(__name__)
-
-_CHUNK = 1 << 20
-
-
-def weights_fingerprint(folder: str) -> str:
-    """Cheap fingerprint of a converted weights folder: names, sizes, first/last MiB of each file."""
-    if not folder:
-        return "random-init"
-    root = pathlib.Path(folder)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    for path in files:
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(root) if path != root else path.name}:{size};".encode())
-        with path.open("rb") as f:
-            digest.update(f.read(_CHUNK))
-            if size > _CHUNK:
-                f.seek(max(size - _CHUNK, _CHUNK))
-                digest.update(f.read(_CHUNK))
-    return digest.hexdigest()
-
 
 def records_fingerprint(records: Sequence[Any]) -> str:
     digest = hashlib.sha256()
@@ -71,7 +56,7 @@ def cache_key(method, config, frozen_fingerprint: str, records: Sequence[Any]) -
     return {
         "method": method.name,
         "features": method.feature_cache_key(),
-        "weights": {name: weights_fingerprint(bb.weights)
+        "weights": {name: io.folder_fingerprint(bb.weights)
                     for name, bb in config.backbones.items()},
         "frozen_params_sha256": frozen_fingerprint,
         "views": {name: [v.size, list(v.mean), list(v.std)] for name, v in method.views.items()},
@@ -263,3 +248,40 @@ class CachedLoader:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._ahead = None
+
+
+def training_loader(method, config, workdir: pathlib.Path, records: Sequence[Any], trainable: dict,
+                    frozen: dict, layout, mesh, frozen_fingerprint: str):
+    """(CachedLoader over the training records, abstract features of one batch, feature dtypes):
+    the frozen features are computed once (sharded over `mesh`, in batches of
+    config.data.eval_batch_size) or read from the cache under `config.train.cache_dir`."""
+    feature_fn = step_lib.make_feature_fn(method, layout, mesh)
+    batch_size = int(config.data.batch_size)
+    dummy = devices.to_device(method, data.dummy_host_batch(method.views, method.mask_size,
+                                                            batch_size), mesh)
+    feature_shapes = jax.eval_shape(feature_fn, trainable, frozen, dummy)
+    cache_root = pathlib.Path(config.train.cache_dir or workdir / "feature_cache")
+    key = cache_key(method, config, frozen_fingerprint, records)
+    process_index, process_count = jax.process_index(), jax.process_count()
+
+    def extract(host_batch):
+        return feature_fn(trainable, frozen, devices.to_device(method, host_batch, mesh))
+
+    def gather(tree):
+        if process_count == 1:
+            return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+
+    # Extraction batches: eval_batch_size rounded up to a multiple of the device count.
+    extract_batch = devices.global_batch_size(config.data.eval_batch_size, mesh)
+
+    def batches():
+        return data.eval_batches(records, method.views, method.mask_size, extract_batch,
+                                 process_index=process_index, process_count=process_count)
+
+    cache = build_or_open(cache_root, key, records, batches, extract, gather, feature_shapes)
+    loader = CachedLoader(cache, batch_size, config.seed, process_index, process_count,
+                          class_names=[r.class_name for r in records])
+    return loader, feature_shapes, cache.dtypes

@@ -14,11 +14,16 @@ Schedules (`config.optim.schedule`), all with an optional linear warmup from 0 o
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 
 import ml_collections
 import optax
+
+from zsad_jax.tree import unmatched_patterns
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "polynomial", "constant")
 
@@ -44,8 +49,15 @@ def parse_lr_groups(groups: Sequence[str]) -> list[tuple[re.Pattern, float]]:
 
 def group_labels(paths: Sequence[str], groups: Sequence[str], default_lr: float
                  ) -> tuple[dict[str, str], dict[str, float]]:
-    """Assigns each '/'-joined path to a group: ({path: label}, {label: lr}); first match wins."""
+    """Assigns each '/'-joined path to a group: ({path: label}, {label: lr}); first match wins.
+
+    A group whose regex matches no trainable parameter is named in a warning (a typo there would
+    otherwise train those parameters at the default rate without a word).
+    """
     parsed = parse_lr_groups(groups)
+    for pattern in unmatched_patterns(paths, [regex.pattern for regex, _ in parsed]):
+        log.warning("config.optim.lr_groups: %r matches no trainable parameter (trainable: %s%s)",
+                    pattern, ", ".join(list(paths)[:6]), " ..." if len(paths) > 6 else "")
     labels, rates = {}, {}
     for path in paths:
         for index, (regex, lr) in enumerate(parsed):

@@ -1,7 +1,7 @@
 """The train state: trainable parameters split from frozen ones, optimizer state, NaN guard.
 
 Parameters are split by `method.trainable_mask(params)` into two flat dicts keyed by the
-'/'-joined parameter path (`methods.base.path_str`):
+'/'-joined parameter path (`zsad_jax.tree.path_str`):
 
 * `trainable` - differentiated, updated, checkpointed; the only thing the optimizer sees;
 * `frozen`    - never differentiated (the loss is differentiated w.r.t. `trainable` only, so no
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zsad_jax.methods.base import path_str
+from zsad_jax.tree import path_str
 
 Params = Any
 

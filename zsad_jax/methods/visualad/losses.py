@@ -1,9 +1,9 @@
-"""VisualAD scoring and loss terms (../shared/papers/visualad.md). Pure functions of arrays.
+"""VisualAD scoring and loss terms (VisualAD, language-free ZSAD, CVPR 2026). Pure functions of arrays.
 
     L = L_cls + L_seg + L_ctr                                   (VisualAD, "Loss & Training")
 
 * `contrastive_difference`: s_i = <p_i, t_a> - <p_i, t_n> on L2-normalized vectors.
-* `topk_mean`: image score = mean of the top 1% pixels (k = ceil(ratio * H * W), at least 1).
+* image score: `zsad_jax.ops.topk_mean`, the mean of the top 1% pixels (k = ceil(ratio * H * W)).
 * `segmentation_loss`: sum over layers of focal + Dice on sigmoid(per-layer map).
 * `classification_loss`: BCE with logits on topk_mean(sum of the layer maps).
 * `token_margin_loss`: relu(cos(t_a, t_n) + margin), mean over the batch; margin 0.5 makes it zero
@@ -12,21 +12,14 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
-from zsad_jax.losses.segmentation import bce_with_logits, dice_loss, focal_loss
+from zsad_jax.losses import bce_with_logits, dice_loss, focal_loss
+from zsad_jax.ops import l2_normalize, topk_mean
 
 # Official release: `F.normalize(..., eps=1e-8)` before every cosine similarity.
 NORMALIZE_EPS = 1e-8
-
-
-def l2_normalize(x: jnp.ndarray, eps: float = NORMALIZE_EPS) -> jnp.ndarray:
-    """x / max(||x||, eps) over the last axis."""
-    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, eps)
 
 
 def contrastive_difference(patches: jnp.ndarray, anomaly_token: jnp.ndarray,
@@ -37,36 +30,22 @@ def contrastive_difference(patches: jnp.ndarray, anomaly_token: jnp.ndarray,
 
     patches (B, N, D), tokens (B, D) -> (B, N), values in [-2, 2].
     """
-    p = l2_normalize(patches)
-    t_a = l2_normalize(anomaly_token)
-    t_n = l2_normalize(normal_token)
+    p = l2_normalize(patches, NORMALIZE_EPS)
+    t_a = l2_normalize(anomaly_token, NORMALIZE_EPS)
+    t_n = l2_normalize(normal_token, NORMALIZE_EPS)
     return jnp.einsum("bnd,bd->bn", p, t_a) - jnp.einsum("bnd,bd->bn", p, t_n)
-
-
-def topk_count(num_elements: int, ratio: float) -> int:
-    """k = max(1, ceil(num_elements * ratio)); ratio in (0, 1]."""
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"top-k ratio must be in (0, 1], got {ratio}")
-    return max(1, int(math.ceil(num_elements * ratio)))
-
-
-def topk_mean(maps: jnp.ndarray, ratio: float = 0.01) -> jnp.ndarray:
-    """Mean of the top `ratio` fraction of each map: (B, H, W) -> (B,). VisualAD image score."""
-    flat = maps.reshape(maps.shape[0], -1)
-    k = topk_count(flat.shape[1], ratio)
-    return jax.lax.top_k(flat, k)[0].mean(axis=-1)
 
 
 def segmentation_loss(layer_maps: jnp.ndarray, masks: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
     """L_seg = sum_l [focal(sigmoid(H_l), Y) + dice(sigmoid(H_l), Y)].
 
     layer_maps: (L, B, M, M) raw score maps (logits), masks (B, M, M) in {0, 1}.
-    Returns (L_seg, {"focal": sum of focal terms, "dice": sum of dice terms}).
+    Returns (L_seg, {"seg_focal": sum of focal terms, "seg_dice": sum of dice terms}).
     """
     probs = jax.nn.sigmoid(layer_maps)
     focal = sum(focal_loss(probs[i], masks) for i in range(probs.shape[0]))
     dice = sum(dice_loss(probs[i], masks) for i in range(probs.shape[0]))
-    return focal + dice, {"focal": focal, "dice": dice}
+    return focal + dice, {"seg_focal": focal, "seg_dice": dice}
 
 
 def classification_loss(layer_maps: jnp.ndarray, labels: jnp.ndarray,
@@ -82,7 +61,8 @@ def token_margin_loss(anomaly_token: jnp.ndarray, normal_token: jnp.ndarray,
     With margin = 0.5 (official release) the term is zero when the angle between t_a and t_n is
     >= 120 degrees, the paper's "angular distance > 120°".
     """
-    cos = jnp.sum(l2_normalize(anomaly_token) * l2_normalize(normal_token), axis=-1)
+    cos = jnp.sum(l2_normalize(anomaly_token, NORMALIZE_EPS) * l2_normalize(normal_token, NORMALIZE_EPS),
+                  axis=-1)
     return jnp.maximum(cos + margin, 0.0).mean()
 
 
@@ -94,11 +74,11 @@ def visualad_loss(layer_maps: jnp.ndarray, masks: jnp.ndarray, labels: jnp.ndarr
 
     layer_maps (L, B, M, M) raw maps at mask resolution; masks (B, M, M); labels (B,);
     anomaly_token / normal_token (B, D): the enhanced tokens of the last tapped layer.
-    Returns (scalar, {"cls", "seg", "focal", "dice", "ctr"}).
+    Returns (scalar, {"cls_bce", "seg_focal", "seg_dice", "ctr"}).
     """
     seg, parts = segmentation_loss(layer_maps, masks)
     cls = classification_loss(layer_maps, labels, topk_ratio)
     ctr = token_margin_loss(anomaly_token, normal_token, margin)
     zero = jnp.zeros((), seg.dtype)
     total = (cls if use_cls else zero) + (seg if use_seg else zero) + (ctr if use_ctr else zero)
-    return total, {"cls": cls, "seg": seg, "ctr": ctr, **parts}
+    return total, {"cls_bce": cls, "ctr": ctr, **parts}

@@ -1,6 +1,7 @@
 """SGNet's Adaptive Gravitational Potential Regularization (GPR): pure functions of arrays.
 
-The summary (../shared/papers/sgnet.md, "3. Adaptive Gravitational Potential Regularization"):
+SGNet ("From Attraction to Equilibrium: Physics-Inspired Semantic Gravitons for Zero-Shot Anomaly
+Detection", CVPR 2026), section "Adaptive Gravitational Potential Regularization":
 
     a_{v,n} = exp(sim(f_v, g_n)/tau) / sum_m exp(sim(f_v, g_m)/tau)          (responsibility)
     p_v^(n) = Softmax(-||f_v - g_n||_2^2),  p_t^(n) likewise                   (energy distribution)
@@ -49,10 +50,13 @@ Interpretations of what the summary leaves open (each is a `GPROptions` field, i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
+
+from zsad_jax.config_types import Section
+from zsad_jax.ops import l2_normalize
 
 RESPONSIBILITY_MODES = ("token_mean", "pooled")
 W2_MODES = ("feature", "energy", "gaussian")
@@ -60,39 +64,26 @@ EQUILIBRIUM_MODES = ("expected", "free", "pooled")
 
 
 @dataclasses.dataclass(frozen=True)
-class GPROptions:
+class GPROptions(Section):
     """Switches and constants of GPR (config section `gpr`); see the module docstring."""
 
-    attraction: bool = True
-    equilibrium: bool = True
+    default_where = "gpr"
+
+    attraction: bool = True            # compute L_att
+    equilibrium: bool = True           # compute L_equ
     lambda_att: float = 0.6            # L_grav = lambda_att L_att + (1 - lambda_att) L_equ
-    tau: float = 0.07
-    normalize: bool = True
-    responsibility: str = "token_mean"
-    energy_temperature: float = 1.0
-    w2: str = "feature"
-    w2_squared: bool = False
-    equilibrium_energy: str = "expected"
+    tau: float = 0.07                  # temperature of the responsibilities a_{v,n}, a_{t,n}
+    normalize: bool = True             # L2-normalize tokens and gravitons first
+    responsibility: Literal[RESPONSIBILITY_MODES] = "token_mean"
+    energy_temperature: float = 1.0    # p^(n) = Softmax(-||f - g_n||^2 / T)
+    w2: Literal[W2_MODES] = "feature"  # what the 2-Wasserstein distance compares
+    w2_squared: bool = False           # W2^2 instead of W2
+    equilibrium_energy: Literal[EQUILIBRIUM_MODES] = "expected"
 
-    def __post_init__(self):
-        for field, value, allowed in (("responsibility", self.responsibility, RESPONSIBILITY_MODES),
-                                      ("w2", self.w2, W2_MODES),
-                                      ("equilibrium_energy", self.equilibrium_energy,
-                                       EQUILIBRIUM_MODES)):
-            if value not in allowed:
-                raise ValueError(f"gpr.{field}={value!r}: use one of {', '.join(allowed)}")
-        if not self.tau > 0:
-            raise ValueError(f"gpr.tau={self.tau!r}: must be > 0")
-        if not self.energy_temperature > 0:
-            raise ValueError(f"gpr.energy_temperature={self.energy_temperature!r}: must be > 0")
-        if not 0.0 <= self.lambda_att <= 1.0:
-            raise ValueError(f"gpr.lambda_att={self.lambda_att!r}: must be in [0, 1]")
-
-    @classmethod
-    def from_config(cls, section: Any) -> GPROptions:
-        """From a ConfigDict / dict with (a subset of) these field names; other keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(section).items() if k in names})
+    def check(self, where):
+        self.require(where, "tau", self.tau > 0, "must be > 0")
+        self.require(where, "energy_temperature", self.energy_temperature > 0, "must be > 0")
+        self.require(where, "lambda_att", 0.0 <= self.lambda_att <= 1.0, "must be in [0, 1]")
 
 
 # ---- small exact pieces ------------------------------------------------------------------------
@@ -101,10 +92,6 @@ def safe_sqrt(x: jax.Array) -> jax.Array:
     """sqrt(max(x, 0)) with a finite gradient everywhere (0 at x <= 0)."""
     positive = x > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps * eps)
 
 
 def squared_distances(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -289,12 +276,6 @@ def _equilibrium_prepared(f_v, f_t, g, options: GPROptions) -> jax.Array:
     e_v = modality_energy(f_v, g, options.equilibrium_energy, options.energy_temperature)
     e_t = modality_energy(f_t, g, options.equilibrium_energy, options.energy_temperature)
     return jnp.abs(e_v - e_t)
-
-
-def graviton_weights(f_v: jax.Array, f_t: jax.Array, g: jax.Array,
-                     options: GPROptions = GPROptions()) -> jax.Array:
-    """(a_{v,n} + a_{t,n}) for every graviton: (N,)."""
-    return _weights_prepared(*_prepare(f_v, f_t, g, options), options)
 
 
 def attraction_loss(f_v: jax.Array, f_t: jax.Array, g: jax.Array,

@@ -1,4 +1,4 @@
-"""VisualAD's trainable part: anomaly/normal tokens, SCA and SAF (../shared/papers/visualad.md).
+"""VisualAD's trainable part: anomaly/normal tokens, SCA and SAF (VisualAD, CVPR 2026).
 
 * `SpatialCrossAttention` (SCA, one per tapped layer): m learnable anchor queries attend over the
   layer's patches (keys carry a learnable position encoding); a sigmoid gate computed from the
@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zsad_jax.losses.visualad import contrastive_difference
+from zsad_jax.methods.visualad.losses import contrastive_difference
 
 TORCH_LN_EPS = 1e-5
 

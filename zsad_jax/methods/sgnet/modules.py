@@ -1,4 +1,5 @@
-"""SGNet's trainable modules (../shared/papers/sgnet.md): GIN stages, decoding, graviton head, prompts.
+"""SGNet's trainable modules (SGNet, CVPR 2026, Sec. 2-3): GIN stages, decoding, graviton head,
+prompts.
 
 Shapes: B batch, N gravitons, C_l text/joint embedding size (768 for ViT-L/14), C_v^i visual
 channels of stage i, P = h*w patch tokens, T = 2 prompts (normal, abnormal).
@@ -146,10 +147,8 @@ class HierarchicalDecoder(nn.Module):
             for i in reversed(range(len(stage_features))):                    # top-down
                 level = nn.Dense(self.dim, dtype=self.dtype, name=f"level_{i}")(stage_features[i])
                 x = level if x is None else level + x
-        elif self.mode == "concat":
+        else:                                                                    # "concat"
             x = nn.Dense(self.dim, dtype=self.dtype, name="fuse")(jnp.concatenate(stage_features, -1))
-        else:
-            raise ValueError(f"model.decoder={self.mode!r}: use 'sum' or 'concat'")
         return nn.LayerNorm(dtype=self.dtype, name="norm")(x)
 
 
@@ -192,11 +191,6 @@ class SGNetHead(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        if len(self.visual_dims) != self.num_stages + 1:
-            raise ValueError(f"model.visual_dims needs K + 1 = {self.num_stages + 1} entries "
-                             f"(C_v^0..C_v^K), got {self.visual_dims}")
-        if self.visual_input not in ("per_stage", "fused"):
-            raise ValueError(f"model.visual_input={self.visual_input!r}: use 'per_stage' or 'fused'")
         # SGNet G_0 in R^{N x C_l}: learnable semantic gravitons.
         self.gravitons = self.param("gravitons", nn.initializers.normal(1.0),
                                     (self.num_gravitons, self.embed_dim), jnp.float32)
@@ -224,17 +218,10 @@ class SGNetHead(nn.Module):
         return injected if previous is None else previous + injected
 
     def __call__(self, taps, text):
-        if self.visual_input == "per_stage" and len(taps) != self.num_stages:
-            raise ValueError(f"model.visual_input='per_stage' feeds tapped layer i to GIN stage i: "
-                             f"{len(taps)} tapped layers (backbones.clip.layers) for "
-                             f"model.num_stages={self.num_stages}")
         taps = tuple(t.astype(self.dtype) for t in taps)
         b = taps[0].shape[0]
         g = jnp.broadcast_to(self.gravitons.astype(self.dtype), (b, *self.gravitons.shape))
         text = text.astype(self.dtype)[None] if text.ndim == 2 else text.astype(self.dtype)
-        if self.stage_tokens and not self.gin:
-            raise ValueError("gpr.visual_tokens='stage' needs the GIN (model.gin=True): without it "
-                             "there is no stage projection into graviton space; use 'clip'")
         stage_gravitons, stage_features, stage_tokens, visual = [], [], [], None
         for i in range(self.num_stages):
             visual = self._stage_input(taps, i, visual)
@@ -250,7 +237,7 @@ class SGNetHead(nn.Module):
         return logits, stage_gravitons, stage_tokens
 
 
-class PromptLearner(nn.Module):
+class ContextPrompts(nn.Module):
     """AnomalyCLIP-style object-agnostic prompts: learnable context vectors before a fixed suffix.
 
     `embeddings (T, L, Dt)` of the tokenized suffixes ("object.", "damaged object."), `eot (T,)`

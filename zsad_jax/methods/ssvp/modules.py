@@ -1,9 +1,9 @@
-"""SSVP's trainable modules (../shared/papers/ssvp.md, eqs. 2-19), on arrays only.
+"""SSVP's trainable modules (SSVP, arXiv 2601.09147, eqs. 2-19), on arrays only.
 
 The backbones stay outside: everything here takes CLIP / DINO token arrays and text embeddings.
 
 * `ATF`              HSVS Adaptive Token Features fusion, eqs. 2-5 (or plain concatenation, ablation B).
-* `PromptLearner`    decoupled learnable prompts [V]_bg, [V]_state, [CLASS], eq. 6.
+* `DecoupledPrompts` decoupled learnable prompts [V]_bg, [V]_state, [CLASS], eq. 6.
 * `VisualVAE`        probabilistic encoder / decoder on V_syn^global, eqs. 7-9.
 * `TextLatentAttention`  text-latent cross-attention, eq. 10.
 * `GatedInjection`   T_final = LayerNorm(T_init + alpha * delta), eq. 11 (alpha initialised to 0).
@@ -11,7 +11,7 @@ The backbones stay outside: everything here takes CLIP / DINO token arrays and t
 * pure functions     cosine maps and softmax over normal/abnormal (eqs. 13-14), local evidence (eq. 18),
                      final score (eq. 19).
 
-Reading choices where the paper is silent are listed in docs/ssvp.md and in `zsad_jax/methods/ssvp.py`.
+Reading choices where the paper is silent are listed in docs/ssvp.md and in `method.py`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_EPS = 1e-6
-
-
-def l2_normalize(x: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), _EPS)
+from zsad_jax.ops import l2_normalize
 
 
 def cross_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
@@ -61,17 +57,15 @@ class ATF(nn.Module):
             q_d, k_c = dense("q_dino")(dino), dense("k_clip")(clip)
             clip_to_dino = cross_attention(q_c, k_d, v_d)              # eq. 3, Attn_{c->d}
             dino_to_clip = cross_attention(q_d, k_c, v_c)              # eq. 3, Attn_{d->c}
-        elif self.fusion == "concat":
+        else:                                                           # "concat" (model B)
             clip_to_dino, dino_to_clip = v_c, v_d
-        else:
-            raise ValueError(f"config.model.fusion={self.fusion!r}: use 'atf', 'concat' or 'none'")
         joint = jnp.concatenate([nn.LayerNorm(name="norm_clip_to_dino")(clip_to_dino),
                                  nn.LayerNorm(name="norm_dino_to_clip")(dino_to_clip)], axis=-1)  # eq. 4
         h = nn.gelu(nn.Dense(self.mlp_hidden, name="mlp_in")(joint), approximate=False)
         return clip + nn.Dense(clip.shape[-1], name="mlp_out")(h)     # eq. 5
 
 
-class PromptLearner(nn.Module):
+class DecoupledPrompts(nn.Module):
     """Decoupled learnable prompts t = [V]_bg, [V]_state, [CLASS] (SSVP eq. 6).
 
     [V]_bg (L_bg, E) is shared by all prompts; [V]_state has one (L_state, E) sequence per prompt:

@@ -15,38 +15,15 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
 
 import numpy as np
+
+from zsad_jax.tree import flatten, unflatten
 
 FORMAT = "zsad_jax.visualad_head"
 VERSION = 1
 PARAMS_FILE = "visualad_head.npz"
 META_FILE = "visualad.json"
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    """Nested dict of arrays -> {'a/b/c': array}."""
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, path + "/"))
-        else:
-            out[path] = value
-    return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict:
-    """{'a/b/c': array} -> nested dict."""
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
 
 
 def save_head(directory: str | pathlib.Path, params: dict, meta: dict) -> pathlib.Path:

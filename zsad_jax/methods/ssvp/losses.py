@@ -1,6 +1,6 @@
-"""SSVP loss terms (../shared/papers/ssvp.md, eqs. 9, 12, 20-22). Pure functions of arrays.
+"""SSVP loss terms (SSVP, arXiv 2601.09147, eqs. 9, 12, 20-22). Pure functions of arrays.
 
-The focal loss itself is the shared `zsad_jax.losses.segmentation.focal_loss`.
+The focal loss itself is the shared `zsad_jax.losses.focal_loss`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from zsad_jax.losses.segmentation import bce_on_probs, bce_with_logits, focal_loss
+from zsad_jax.losses import bce_on_probs, bce_with_logits, focal_loss
 
 
 def gaussian_kl(mu: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
