@@ -202,9 +202,9 @@ def test_train_batches_layout_and_values(records):
 
 
 def _epoch_paths(loader, records):
-    """Record indices of one epoch, recovered from the loader's sampling."""
+    """Record indices of one epoch, recovered from the loader's sampling (padding slots out)."""
     n = loader.steps_per_epoch * loader.host_batch_size
-    return [loader._example.record_index(i) for i in range(n)]
+    return [r for r in (loader._example.record_index(i) for i in range(n)) if r >= 0]
 
 
 def test_shuffle_is_deterministic_per_seed_and_epoch(records):
@@ -263,6 +263,29 @@ def test_process_shards_are_disjoint_and_complete(records):
     assert batch["images"]["clip"].shape[0] == 2
     with pytest.raises(ValueError, match="multiple of process_count"):
         data.TrainLoader(records, VIEWS, 20, 4, seed=0, process_count=3)
+
+
+def test_last_partial_batch_kept_with_drop_last_false(records):
+    """drop_last=False (PyTorch DataLoader's default): every record once an epoch, the last step
+    holds the remainder; with several processes each takes its share of it."""
+    records = records[: len(records) // 2 * 2]          # an even count: an even remainder
+    n = len(records)
+    global_batch = next(g for g in (4, 6, 8, 10) if n % g and n % g % 2 == 0)
+    remainder = n % global_batch
+    kept = data.TrainLoader(records, VIEWS, 20, global_batch, seed=0, drop_last=False)
+    assert kept.steps_per_epoch == n // global_batch + 1
+    sizes = [len(next(kept)["labels"]) for _ in range(kept.steps_per_epoch + 1)]
+    assert sizes == [global_batch] * (kept.steps_per_epoch - 1) + [remainder, global_batch]
+    assert sorted(_epoch_paths(kept, records)) == list(range(n))    # each record once an epoch
+    assert data.TrainLoader(records, VIEWS, 20, global_batch, seed=0).steps_per_epoch == \
+        n // global_batch
+    halves = [data.TrainLoader(records, VIEWS, 20, global_batch, seed=0, process_index=p,
+                               process_count=2, drop_last=False) for p in range(2)]
+    paths = [i for loader in halves for i in _epoch_paths(loader, records)]
+    assert sorted(paths) == list(range(n))
+    last = [len(_epoch_paths(loader, records)) - (loader.steps_per_epoch - 1) * global_batch // 2
+            for loader in halves]
+    assert last == [remainder // 2] * 2
 
 
 def test_eval_batches_order_padding_and_sharding(records):

@@ -57,10 +57,35 @@ class TorchSAF(nn.Module):
 
 
 class TorchCrossAttn(nn.Module):
-    def __init__(self, dim):
+    def __init__(self, dim, layers=LAYERS):
         super().__init__()
         self.layer_attentions = nn.ModuleDict({f"layer_{i}": TorchSCA(dim, ANCHORS, POSITIONS)
-                                               for i in LAYERS})
+                                               for i in layers})
+
+
+def test_release_checkpoint_with_the_papers_layers_converts_in_any_order():
+    """The release's ViT-L checkpoints hold features_list [6, 12, 18, 24]; its key names carry the
+    layer numbers as strings ('layer_12' sorts before 'layer_6'), in any order in the dict."""
+    torch.manual_seed(1)
+    layers, dim = (6, 12, 18, 24), 8
+    cross = TorchCrossAttn(dim, layers)
+    transforms = {f"layer_{i}": TorchSAF(dim, dim) for i in layers}
+    for order in ([24, 6, 18, 12], [6, 12, 18, 24], [12, 18, 24, 6]):
+        state = {"anomaly_token": torch.randn(dim), "normal_token": torch.randn(dim),
+                 "ln_post_weight": torch.ones(dim), "ln_post_bias": torch.zeros(dim),
+                 "features_list": [6, 12, 18, 24], "image_size": 518, "epoch": 1,
+                 "backbone": "ViT-L/14@336px", "transform_type": "mlp",
+                 "layer_transforms": {f"layer_{i}": transforms[f"layer_{i}"].state_dict()
+                                      for i in order},
+                 "cross_attn": dict(sorted(cross.state_dict().items(),
+                                           key=lambda kv: order.index(int(kv[0].split(".")[1][6:])))),
+                 "cross_attn_config": {"num_anchors": ANCHORS, "dropout": 0.1, "res_scale_init": 0.01}}
+        params, meta = conv.convert_state(state)
+        assert meta["layers"] == [6, 12, 18, 24]
+        assert sorted(k for k in params if k.startswith(("sca_", "saf_"))) == sorted(
+            [f"sca_{i}" for i in layers] + [f"saf_{i}" for i in layers])
+        np.testing.assert_array_equal(params["saf_12"]["fc2"]["kernel"],
+                                      transforms["layer_12"].mlp[3].weight.detach().numpy().T)
 
 
 def _reference(seed=0, dim=DIM):

@@ -169,9 +169,11 @@ def test_gradients_reach_tokens_sca_saf_and_nothing_frozen_is_trainable(demo):
         name = path_str(path)
         trainable = jax.tree_util.tree_reduce(lambda a, b: a, _at(mask, path))
         dead = name.endswith("/k_norm/bias")     # softmax-invariant: exactly zero gradient
-        assert trainable == (not name.startswith("backbones/") and not dead), name
+        frozen_pos = name in ("head/anomaly_pos", "head/normal_pos")    # the release's reading
+        assert trainable == (not name.startswith("backbones/") and not dead and not frozen_pos), name
     live = jax.tree_util.tree_map_with_path(
         lambda p, g: None if path_str(p).endswith("k_norm/bias") else g, grads["head"])
+    # (the position embeddings are frozen by default but differentiable: they get a gradient too)
     assert_gradient_reaches({"head": live}, ["head/"])
     # config.train.remat recomputes the frozen blocks in the backward pass: same gradients.
     remat = methods.build(_demo(**{"train.remat": True}))
@@ -188,6 +190,10 @@ def test_gradients_reach_tokens_sca_saf_and_nothing_frozen_is_trainable(demo):
                                   release_params["backbones"]["vit"]["visual"]["ln_post"]["scale"])
     np.testing.assert_array_equal(params["head"]["anomaly_pos"],
                                   params["backbones"]["vit"]["visual"]["pos_embed"][0])
+    # The paper's reading: learnable token positions.
+    paper = methods.build(_demo(**{"model.learn_token_pos": True}))
+    flags = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(paper.trainable_mask(params))}
+    assert flags["head/anomaly_pos"] and flags["head/normal_pos"]
 
 
 def _at(tree, path):

@@ -154,7 +154,7 @@ def convert_state(state: dict, src: str = "checkpoint") -> tuple[dict, dict]:
 
     layers = sorted(set(saf_layers) | set(sca))
     features_list = [int(x) for x in state.get("features_list", layers)]
-    for kind, present in (("SAF", saf_layers), ("SCA", sorted(sca))):
+    for kind, present in (("SAF", sorted(saf_layers)), ("SCA", sorted(sca))):
         if present and present != sorted(features_list):
             raise ConversionError(f"{src}: {kind} layers {present} differ from features_list {features_list}")
     config = dict(state.get("cross_attn_config") or {})

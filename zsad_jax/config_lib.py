@@ -283,6 +283,9 @@ class DataConfig(Section):
     layouts: dict[str, LAYOUT] = dataclasses.field(
         default_factory=lambda: dict.fromkeys(DATASET_NAMES, "auto"))
     batch_size: int = 8                 # global batch size (all devices, all hosts)
+    # False: the last, smaller batch of every epoch is trained on too (PyTorch's DataLoader
+    # default, VisualAD's release); it must then divide over the devices.
+    drop_last: bool = True
     eval_batch_size: int = 8            # global batch size of evaluation / prediction
     num_workers: int = 2                # grain worker processes (0 = in-process)
     prefetch: int = 2                   # batches read ahead per worker
@@ -313,10 +316,14 @@ class OptimConfig(Section):
     b2: float = 0.999                   # Adam beta2
     eps: float = 1e-8                   # Adam epsilon
     schedule: Literal["cosine", "polynomial", "constant"] = "cosine"
+    schedule_unit: Literal["step", "epoch"] = "step"   # the rate changes every update, or per epoch
     warmup_steps: int = 0               # linear warmup from 0 (optimizer updates)
-    end_lr_factor: float = 0.0          # cosine floor / polynomial end value, as a fraction of lr
+    end_lr_factor: float = 0.0          # cosine floor / polynomial end value, as a fraction of ...
+    end_lr_of: Literal["group", "base"] = "group"   # ... each group's lr, or the base lr (one floor)
     power: float = 1.0                  # polynomial decay power
     grad_clip_norm: float = 0.0         # global-norm clipping (0 = off)
+    clip_each: tuple[str, ...] = ()     # regexes: these parameters' gradients clipped one by one ...
+    clip_each_norm: float = 1.0         # ... each to this norm
     accum_steps: int = 1                # gradient accumulation (optax.MultiSteps)
     # Per-group learning rates: "REGEX=LR" strings over '/'-joined trainable param paths; the
     # first match wins, unmatched trainable params use `lr`.
@@ -333,6 +340,12 @@ class OptimConfig(Section):
         self.require(where, "power", self.power > 0, "expected > 0")
         self.require(where, "grad_clip_norm", self.grad_clip_norm >= 0, "expected >= 0 (0 = off)")
         self.require(where, "accum_steps", self.accum_steps >= 1, "expected an integer >= 1")
+        self.require(where, "clip_each_norm", self.clip_each_norm > 0, "expected > 0")
+        for item in self.clip_each:
+            try:
+                re.compile(item)
+            except re.error as e:
+                self.fail(where, "clip_each", f"entry {item!r} is not a regex: {e}")
         for item in self.lr_groups:
             pattern, sep, value = item.rpartition("=")
             try:

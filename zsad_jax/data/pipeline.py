@@ -79,38 +79,59 @@ class Preprocess:
                            native_size=np.asarray(native, np.int32))
         return example
 
-    def padding(self) -> dict:
-        """A batch-filling example (valid=False) with the same structure as a host-keys example."""
-        return {
+    def padding(self, train: bool = False) -> dict:
+        """A batch-filling example (valid=False) with the structure of an example of this
+        preprocess (host keys, `train`: the training layout + valid)."""
+        out = {
             "images": {name: np.zeros((size, size, 3), np.float32)
                        for name, (size, _, _) in self.views.items()},
             "masks": np.zeros((self.mask_size,) * 2, np.float32),
             "labels": np.int32(0), "class_name": np.str_(""), "valid": np.bool_(False),
-            "image_path": np.str_(""), "mask_path": np.str_(""),
-            "native_size": np.zeros((2,), np.int32),
         }
+        if self.host_keys and not train:
+            out.update(image_path=np.str_(""), mask_path=np.str_(""),
+                       native_size=np.zeros((2,), np.int32))
+        return out
 
 
 class _TrainExample:
-    """Stream position i -> the example of (epoch, step, row) for this process."""
+    """Stream position i -> the example of (epoch, step, row) for this process.
+
+    Every step has `host_batch` slots; the last step of an epoch, when the remainder is kept
+    (`drop_last=False`), fills only its share of the remainder and pads the rest (valid=False).
+    """
 
     def __init__(self, records, preprocess, seed, steps_per_epoch, global_batch, host_batch,
-                 process_index):
+                 process_index, process_count):
         self.records = records if isinstance(records, Sequence) else list(records)  # TFDS: lazy
         self.preprocess = preprocess
         self.seed = seed
         self.per_epoch = steps_per_epoch * host_batch
         self.global_batch, self.host_batch = global_batch, host_batch
-        self.process_index = process_index
+        self.process_index, self.process_count = process_index, process_count
 
     def record_index(self, i: int) -> int:
+        """The record of stream position i, or -1 for a padding slot."""
         epoch, j = divmod(int(i), self.per_epoch)
         step, row = divmod(j, self.host_batch)
-        position = step * self.global_batch + self.process_index * self.host_batch + row
+        size = min(self.global_batch, len(self.records) - step * self.global_batch)
+        share = size // self.process_count
+        if row >= share:
+            return -1
+        position = step * self.global_batch + self.process_index * share + row
         return int(epoch_permutation(len(self.records), self.seed, epoch)[position])
 
     def __call__(self, i: int) -> dict:
-        return self.preprocess(self.records[self.record_index(i)])
+        index = self.record_index(i)
+        if index < 0:
+            return {**self.preprocess.padding(train=True)}
+        return {**self.preprocess(self.records[index]), "valid": np.bool_(True)}
+
+
+def _tree_rows(tree, rows: np.ndarray):
+    if isinstance(tree, Mapping):
+        return {k: _tree_rows(v, rows) for k, v in tree.items()}
+    return np.asarray(tree)[rows]
 
 
 def _tree_copy(tree):
@@ -129,14 +150,17 @@ class TrainLoader:
     """Infinite iterator of this process's training batches (see module docstring for the order).
 
     Each batch: images {view: (b, S, S, 3) f32 normalized}, masks (b, M, M) f32 in {0, 1},
-    labels (b,) int32, class_name (b,) str; b = global_batch_size // process_count.
+    labels (b,) int32, class_name (b,) str; b = global_batch_size // process_count, except, with
+    `drop_last=False`, the last step of each epoch, which holds this process's share of the
+    remaining N mod global_batch_size records (PyTorch's DataLoader(drop_last=False)); the
+    remainder must then be a multiple of `process_count` (and, to be sharded, of the devices).
     `get_state()` / `set_state()` save and restore the position exactly.
     """
 
     def __init__(self, records: Sequence[Record], views: Mapping, mask_size: int,
                  global_batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, num_workers: int = 0, prefetch: int = 2,
-                 mask_interpolation: str = "bilinear"):
+                 mask_interpolation: str = "bilinear", drop_last: bool = True):
         import grain
 
         if global_batch_size <= 0 or global_batch_size % process_count:
@@ -150,11 +174,16 @@ class TrainLoader:
         self.num_records = len(records)
         self.global_batch_size = global_batch_size
         self.host_batch_size = global_batch_size // process_count
-        self.steps_per_epoch = len(records) // global_batch_size
+        self.remainder = 0 if drop_last else len(records) % global_batch_size
+        if self.remainder % process_count:
+            raise ValueError(f"the last batch of {self.remainder} records (config.data.drop_last="
+                             f"False) is not a multiple of process_count={process_count}")
+        self.steps_per_epoch = len(records) // global_batch_size + bool(self.remainder)
         self.seed, self.process_index, self.process_count = seed, process_index, process_count
+        self.drop_last = drop_last
         self._example = _TrainExample(records, Preprocess(views, mask_size, mask_interpolation),
                                       seed, self.steps_per_epoch, global_batch_size,
-                                      self.host_batch_size, process_index)
+                                      self.host_batch_size, process_index, process_count)
         dataset = (grain.MapDataset.range(self._example.per_epoch * _MAX_EPOCHS)
                    .map(self._example)
                    .batch(self.host_batch_size, drop_remainder=True))
@@ -182,6 +211,9 @@ class TrainLoader:
         batch = next(self._it())
         if self._num_workers > 0:  # own copies: grain's shared-memory arrays unlink on deletion
             batch = _tree_copy(batch)
+        valid = batch.pop("valid")
+        if not valid.all():        # the kept remainder of an epoch: its padding slots go
+            batch = _tree_rows(batch, valid)
         return batch
 
     def close(self) -> None:
@@ -199,7 +231,7 @@ class TrainLoader:
     def _identity(self) -> dict:
         return dict(num_records=self.num_records, global_batch_size=self.global_batch_size,
                     seed=self.seed, process_index=self.process_index,
-                    process_count=self.process_count)
+                    process_count=self.process_count, drop_last=self.drop_last)
 
     def get_state(self) -> dict:
         """JSON-able position of this iterator (grain iterator state + what it depends on)."""

@@ -182,7 +182,8 @@ def build_or_open(cache_root: pathlib.Path, key: dict, records: Sequence[Any],
 class CachedLoader:
     """Infinite iterator of this process's host batches from a `FeatureCache`.
 
-    Same contract as `data.TrainLoader`: shuffle from (seed, epoch), drop remainder,
+    Same contract as `data.TrainLoader`: shuffle from (seed, epoch), the remainder dropped or kept
+    as a smaller last batch (`drop_last`),
     `steps_per_epoch`, `get_state()` / `set_state()`. With `prefetch` (default) the next batch is
     read on a background thread while the current step runs; the batches and the state are the
     same either way.
@@ -190,16 +191,20 @@ class CachedLoader:
 
     def __init__(self, cache: FeatureCache, global_batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1,
-                 class_names: Sequence[str] | None = None, prefetch: bool = True):
+                 class_names: Sequence[str] | None = None, prefetch: bool = True,
+                 drop_last: bool = True):
         if global_batch_size % process_count:
             raise ValueError(f"batch size {global_batch_size} not divisible by {process_count} "
                              f"processes")
         self.cache = cache
         self.global_batch_size = global_batch_size
-        self.local_batch_size = global_batch_size // process_count
         self.seed = seed
-        self.process_index = process_index
-        self.steps_per_epoch = len(cache) // global_batch_size
+        self.process_index, self.process_count = process_index, process_count
+        self.remainder = 0 if drop_last else len(cache) % global_batch_size
+        if self.remainder % process_count:
+            raise ValueError(f"the last batch of {self.remainder} records (config.data.drop_last="
+                             f"False) is not a multiple of process_count={process_count}")
+        self.steps_per_epoch = len(cache) // global_batch_size + bool(self.remainder)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(cache)} cached records are fewer than one batch of "
                              f"{global_batch_size}")
@@ -225,8 +230,8 @@ class CachedLoader:
         epoch, step = divmod(position, self.steps_per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.cache))
         rows = order[step * self.global_batch_size:(step + 1) * self.global_batch_size]
-        start = self.process_index * self.local_batch_size
-        mine = rows[start:start + self.local_batch_size]
+        share = len(rows) // self.process_count
+        mine = rows[self.process_index * share:(self.process_index + 1) * share]
         batch = self.cache.rows(mine)
         if self.class_names is not None:
             batch["class_name"] = self.class_names[mine]
@@ -283,5 +288,6 @@ def training_loader(method, config, workdir: pathlib.Path, records: Sequence[Any
 
     cache = build_or_open(cache_root, key, records, batches, extract, gather, feature_shapes)
     loader = CachedLoader(cache, batch_size, config.seed, process_index, process_count,
-                          class_names=[r.class_name for r in records])
+                          class_names=[r.class_name for r in records],
+                          drop_last=config.data.drop_last)
     return loader, feature_shapes, cache.dtypes

@@ -171,13 +171,19 @@ def _train(method, config, workdir, train_records, eval_sets, selection, evaluat
                                   seed=config.seed, process_index=process_index,
                                   process_count=process_count,
                                   num_workers=config.data.num_workers,
-                                  prefetch=config.data.prefetch)
+                                  prefetch=config.data.prefetch,
+                                  drop_last=config.data.drop_last)
         dummy = devices.to_device(method, data.dummy_host_batch(method.views, method.mask_size,
                                                                 batch_size), mesh)
 
+    if loader.remainder % mesh.size:
+        raise ConfigError(f"config.data.drop_last=False keeps a last batch of {loader.remainder} "
+                          f"records each epoch, which does not divide over {mesh.size} devices; "
+                          f"set config.data.drop_last=True")
     steps_per_epoch = loader.steps_per_epoch
     total_steps = total_train_steps(config, steps_per_epoch)
-    tx, schedules = optimizer_lib.make_optimizer(config.optim, layout.trainable_paths, total_steps)
+    tx, schedules = optimizer_lib.make_optimizer(config.optim, layout.trainable_paths, total_steps,
+                                                 steps_per_epoch)
     loss_terms = step_lib.loss_term_names(method, layout, from_features, trainable, frozen, dummy)
     train_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     state = jax.jit(lambda t: state_lib.init_state(t, tx, train_rng, loss_terms),

@@ -30,8 +30,11 @@ class Model(Section):
     score_sigma: float = 4.0
     head_weights: str = ""              # folder from `python -m weights_conversion.visualad`
     # Train the final LayerNorm too (a trainable copy in head/final_norm, at the SCA/SAF rate), as
-    # the release's training does; its test script evaluates with the backbone's own.
+    # the release's training does ...
     train_final_norm: bool = False
+    # ... and which one the evaluation applies: "backbone" (the release's test.py never loads the
+    # trained ln_post) or "trained" (the copy the training used).
+    eval_final_norm: Literal["backbone", "trained"] = "backbone"
 
     def check(self, where):
         for key in ("num_anchors", "sca_max_patches"):
@@ -44,6 +47,9 @@ class Model(Section):
 
 @dataclasses.dataclass(frozen=True)
 class Loss(Section):
+    # Focal loss: "smoothed" = the release's FocalLoss (targets clamped to [1e-5, 1 - 1e-5],
+    # pt + 1e-5) | "clipped" = probabilities clipped to [1e-6, 1 - 1e-6] (the summary's plain focal)
+    focal: Literal["smoothed", "clipped"] = "smoothed"
     margin: float = 0.5                 # L_ctr = relu(cos(t_a, t_n) + margin): zero beyond 120 deg
     use_cls: bool = True                # ablation switches of the three terms
     use_seg: bool = True

@@ -15,8 +15,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from zsad_jax.losses import bce_with_logits, dice_loss, focal_loss
+from zsad_jax.losses import bce_with_logits, dice_loss, focal_loss, smoothed_focal_loss
 from zsad_jax.ops import l2_normalize, topk_mean
+
+FOCAL = {"smoothed": smoothed_focal_loss, "clipped": focal_loss}
 
 # Official release: `F.normalize(..., eps=1e-8)` before every cosine similarity.
 NORMALIZE_EPS = 1e-8
@@ -36,14 +38,16 @@ def contrastive_difference(patches: jnp.ndarray, anomaly_token: jnp.ndarray,
     return jnp.einsum("bnd,bd->bn", p, t_a) - jnp.einsum("bnd,bd->bn", p, t_n)
 
 
-def segmentation_loss(layer_maps: jnp.ndarray, masks: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+def segmentation_loss(layer_maps: jnp.ndarray, masks: jnp.ndarray,
+                      focal: str = "clipped") -> tuple[jnp.ndarray, dict]:
     """L_seg = sum_l [focal(sigmoid(H_l), Y) + dice(sigmoid(H_l), Y)].
 
     layer_maps: (L, B, M, M) raw score maps (logits), masks (B, M, M) in {0, 1}.
     Returns (L_seg, {"seg_focal": sum of focal terms, "seg_dice": sum of dice terms}).
     """
     probs = jax.nn.sigmoid(layer_maps)
-    focal = sum(focal_loss(probs[i], masks) for i in range(probs.shape[0]))
+    focal_fn = FOCAL[focal]
+    focal = sum(focal_fn(probs[i], masks) for i in range(probs.shape[0]))
     dice = sum(dice_loss(probs[i], masks) for i in range(probs.shape[0]))
     return focal + dice, {"seg_focal": focal, "seg_dice": dice}
 
@@ -69,14 +73,14 @@ def token_margin_loss(anomaly_token: jnp.ndarray, normal_token: jnp.ndarray,
 def visualad_loss(layer_maps: jnp.ndarray, masks: jnp.ndarray, labels: jnp.ndarray,
                   anomaly_token: jnp.ndarray, normal_token: jnp.ndarray, *, margin: float = 0.5,
                   topk_ratio: float = 0.01, use_seg: bool = True, use_cls: bool = True,
-                  use_ctr: bool = True) -> tuple[jnp.ndarray, dict]:
+                  use_ctr: bool = True, focal: str = "clipped") -> tuple[jnp.ndarray, dict]:
     """L = L_cls + L_seg + L_ctr (VisualAD "Loss & Training").
 
     layer_maps (L, B, M, M) raw maps at mask resolution; masks (B, M, M); labels (B,);
     anomaly_token / normal_token (B, D): the enhanced tokens of the last tapped layer.
     Returns (scalar, {"cls_bce", "seg_focal", "seg_dice", "ctr"}).
     """
-    seg, parts = segmentation_loss(layer_maps, masks)
+    seg, parts = segmentation_loss(layer_maps, masks, focal)
     cls = classification_loss(layer_maps, labels, topk_ratio)
     ctr = token_margin_loss(anomaly_token, normal_token, margin)
     zero = jnp.zeros((), seg.dtype)

@@ -120,18 +120,21 @@ class VisualAD(Method):
         return head_files.merge_head(head, loaded, path)
 
     # ---- the model ----------------------------------------------------------------------------
-    def _final_norm(self, params, x):
-        """The tower's final LayerNorm (no projection) on (B, T, D), in float32 (the trained copy
-        with model.train_final_norm)."""
-        if self.model_cfg.train_final_norm:
+    def _final_norm(self, params, x, training: bool):
+        """The tower's final LayerNorm (no projection) on (B, T, D), in float32: the trained copy
+        with model.train_final_norm (at evaluation only with eval_final_norm="trained")."""
+        m = self.model_cfg
+        if m.train_final_norm and (training or m.eval_final_norm == "trained"):
             ln = params["head"]["final_norm"]
         else:
             ln = self.vit.param(params["backbones"][self.view_name], "final_norm")
         return nn.LayerNorm(epsilon=self.vit.arch.layer_norm_eps).apply(
             {"params": ln}, x.astype(jnp.float32))
 
-    def forward(self, params, images, *, deterministic=True, rng=None):
+    def forward(self, params, images, *, deterministic=True, rng=None, training=False):
         """images (B, S, S, 3) -> (layer maps (L, B, M, M), enhanced t_a, t_n of the last layer (B, D)).
+
+        `deterministic`: no dropout; `training`: the training's forward (the final norm it trains).
 
         Maps are raw contrastive differences upsampled bilinearly (half-pixel centres, torch
         `align_corners=False`) to the mask size.
@@ -140,7 +143,7 @@ class VisualAD(Method):
         prefix, prefix_pos = self.head.apply({"params": head}, method=VisualADHead.prefix)
         out = self.vit.encode_image(params["backbones"][self.view_name], images, self.taps,
                                     prefix_tokens=prefix, prefix_pos_embed=prefix_pos)
-        normed = [self._final_norm(params, x) for x in out.layers]
+        normed = [self._final_norm(params, x, training) for x in out.layers]
         patches = [normed[i][:, out.num_prefix:] for i in range(len(self.layers))]
         if self.model_cfg.token_source == "last":          # release: last block's tokens
             last = normed[self.taps.index(self.vit.arch.depth)]
@@ -158,11 +161,11 @@ class VisualAD(Method):
     def loss(self, params, batch, rng):
         images = batch["images"][self.view_name]
         maps, t_a, t_n = self.forward(params, images, deterministic=self.model_cfg.dropout == 0,
-                                      rng=rng)
+                                      rng=rng, training=True)
         lc = self.loss_cfg
         return vloss.visualad_loss(maps, batch["masks"], batch["labels"], t_a, t_n, margin=lc.margin,
                                    topk_ratio=self.model_cfg.topk_ratio, use_seg=lc.use_seg,
-                                   use_cls=lc.use_cls, use_ctr=lc.use_ctr)
+                                   use_cls=lc.use_cls, use_ctr=lc.use_ctr, focal=lc.focal)
 
     def anomaly_outputs(self, params, batch):
         maps, _, _ = self.forward(params, batch["images"][self.view_name])

@@ -64,10 +64,13 @@ class SpatialCrossAttention(nn.Module):
             nn.Dense(d, use_bias=False, kernel_init=xavier, name="k_proj")(patches + pos[:n]))  # (B, N, D)
         v = nn.Dense(d, use_bias=False, kernel_init=xavier, name="v_proj")(patches)        # (B, N, D)
         attn = jax.nn.softmax(jnp.einsum("md,bnd->bmn", q, k) * d ** -0.5, axis=-1)         # (B, m, N)
+        # The release calls SCA once per token, so each token draws its own dropout mask on
+        # the shared attention: one copy of A per token.
+        attn = jnp.broadcast_to(attn[:, None], (b, tokens.shape[1], *attn.shape[1:]))      # (B, K, m, N)
         attn = nn.Dropout(self.dropout)(attn, deterministic=deterministic)
-        anchor_out = jnp.einsum("bmn,bnd->bmd", attn, v)                                   # U: (B, m, D)
+        anchor_out = jnp.einsum("bkmn,bnd->bkmd", attn, v)                                 # U: (B, K, m, D)
         gate = jax.nn.sigmoid(nn.Dense(self.num_anchors, name="gate")(tokens))            # (B, K, m)
-        gated = jnp.einsum("bkm,bmd->bkd", gate, anchor_out)                               # (B, K, D)
+        gated = jnp.einsum("bkm,bkmd->bkd", gate, anchor_out)                              # (B, K, D)
         out = nn.Dense(d, kernel_init=xavier, bias_init=nn.initializers.zeros, name="out_proj")(gated)
         out = nn.Dropout(self.dropout)(out, deterministic=deterministic)
         res_scale = self.param("res_scale", nn.initializers.constant(self.res_scale_init), (1,))
