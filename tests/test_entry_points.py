@@ -13,6 +13,11 @@ ENTRY_POINTS = {
     "zsad_jax.evaluate": ["--workdir", "--dataset", "--data_dir"],
     "zsad_jax.predict": ["--workdir", "--images", "--out", "--threshold"],
     "weights_conversion": ["--src", "--dst", "--arch", "--verify"],
+    "weights_conversion.visualad": ["--src", "--dst"],
+    "zsad_jax.data": ["check", "list", "synthetic"],
+    "zsad_jax.data.tfds": ["--manual_dir", "--data_dir"],
+    "experiments.cross_dataset": ["--method", "--demo", "--root"],
+    "experiments.aggregate": ["--table", "--out"],
 }
 
 
@@ -34,3 +39,26 @@ def test_import_does_not_pull_torch_or_tensorflow():
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "", f"imported optional heavy deps: {r.stdout.strip()}"
+
+
+_WITHOUT_TFDS = """
+import runpy, sys
+class Block:      # as if the `tfds` extra were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow_datasets", "tensorflow"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+sys.argv = ["zsad_jax.data.tfds", *sys.argv[1:]]
+runpy.run_module("zsad_jax.data.tfds", run_name="__main__")
+"""
+
+
+def test_tfds_command_without_the_extra_answers_help_and_names_the_extra(tmp_path):
+    r = subprocess.run([sys.executable, "-c", _WITHOUT_TFDS, "--help"], capture_output=True,
+                       text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0 and "--manual_dir" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-c", _WITHOUT_TFDS, "mvtec", "--manual_dir", str(tmp_path),
+                        "--data_dir", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 2 and "pip install -e '.[tfds]'" in r.stderr
+    assert "Traceback" not in r.stderr

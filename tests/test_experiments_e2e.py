@@ -53,6 +53,10 @@ def _mean(run_dir, metric):
 
 def test_tiny_grid_produces_the_runs_and_the_table(tiny_grid_root):
     assert sorted(p.name for p in tiny_grid_root.iterdir() if p.is_dir()) == ["full", "gin"]
+    # The aggregator takes the runner's --root (grid folders inside) as well as the grid folder.
+    from experiments import aggregate
+
+    assert sorted(r.name for r in aggregate.collect(tiny_grid_root.parent)) == ["full", "gin"]
     assert (tiny_grid_root.parent / "synthetic").is_dir()
     for name in ("gin", "full"):
         assert runner.is_finished(tiny_grid_root / name, ["synthetic"])

@@ -3,6 +3,7 @@ checks, missing inputs, feature cache, the CLI end to end."""
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -44,6 +45,9 @@ def test_cli_trains_reference_method_and_lifts_heldout_pixel_auroc(tmp_path, syn
                         "--workdir", str(workdir), "--noprogress", *overrides],
                        capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    # Plain logs: no absl prefixes, no escape codes of bars; a metrics table at the end.
+    assert not re.search(r"^[IWE]\d{4} ", r.stderr, flags=re.M) and "\x1b[" not in r.stderr
+    assert "| **Mean** |" in r.stdout and "step_100/synthetic (table.md, report.html)" in r.stdout
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in records if x["kind"] == "train"]
     assert len(losses) == 100

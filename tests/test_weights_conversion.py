@@ -360,3 +360,48 @@ def test_bin_and_legacy_dinov3_layout_convert_like_safetensors(tmp_path):
     convert(tmp_path / "st", tmp_path / "a")
     convert(tmp_path / "bin", tmp_path / "b")
     _tree_equal(backbones.load(tmp_path / "a")[1], backbones.load(tmp_path / "b")[1])
+
+
+def test_garbage_or_truncated_safetensors_is_named(tmp_path, capsys):
+    folder = _bad_variant(tmp_path, lambda sd: None)
+    data = (folder / "model.safetensors").read_bytes()
+    for name, content in (("truncated", data[: len(data) // 2]), ("garbage", b"\x00 not a file" * 9)):
+        (folder / "model.safetensors").write_bytes(content)
+        with pytest.raises(ConversionError, match=r"model.safetensors: not a readable safetensors"):
+            convert(folder, tmp_path / name)
+        assert cli(["--src", str(folder), "--dst", str(tmp_path / f"{name}_cli")]) == 2
+        err = capsys.readouterr().err
+        assert "model.safetensors" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def _converted(tmp_path):
+    model = backbones.build("dinov2-tiny")
+    params = jax.tree_util.tree_map(np.asarray, backbones.init_params(model, jax.random.key(0)))
+    io.write_folder(tmp_path / "w", model.cfg, params)
+    return tmp_path / "w", params
+
+
+def test_corrupted_converted_folder_is_refused_naming_the_file(tmp_path):
+    folder, params = _converted(tmp_path)
+    _, loaded = backbones.load(folder)                                        # intact: loads
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
+    array_file = next(p for p in sorted((folder / "params").rglob("*"))
+                      if p.is_file() and "mlp.fc1.kernel" in str(p) and p.stat().st_size > 64)
+    blob = bytearray(array_file.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF                                              # one flipped byte
+    array_file.write_bytes(bytes(blob))
+    with pytest.raises(io.CorruptWeightsError, match=str(array_file.relative_to(folder))):
+        backbones.load(folder)
+    folder, _ = _converted(tmp_path / "again")
+    meta = folder / "params" / "_METADATA"
+    meta.write_text(meta.read_text()[:40])                                    # truncated metadata
+    with pytest.raises(io.CorruptWeightsError, match="params/_METADATA differs"):
+        backbones.load(folder)
+
+
+def test_folder_without_checksums_loads_with_a_warning(tmp_path, caplog):
+    folder, _ = _converted(tmp_path)
+    (folder / io.CHECKSUMS_FILE).unlink()
+    with caplog.at_level("WARNING"):
+        backbones.load(folder)
+    assert "cannot be checked" in caplog.text

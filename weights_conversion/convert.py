@@ -77,6 +77,7 @@ def convert(src, dst, arch: str | None = None, bpe=None) -> BackboneConfig:
     io.write_folder(dst, cfg, params, source=info)
     if cfg.has_text:
         info["tokenizer"] = write_tokenizer(src, dst, cfg, bpe)
+        io.seal(dst)                      # the tokenizer files too
     elif bpe:
         raise ConversionError("--bpe given but the checkpoint has no CLIP text tower")
     return cfg

@@ -64,17 +64,21 @@ def _to_numpy(t) -> np.ndarray:
 
 
 def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     out = {}
     try:
-        with safe_open(str(path), framework="np") as f:
-            for k in f.keys():
-                out[k] = _to_numpy(f.get_tensor(k))
-    except (TypeError, ValueError):  # bfloat16 has no numpy dtype: read through torch
-        with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():
-                out[k] = _to_numpy(f.get_tensor(k))
+        try:
+            with safe_open(str(path), framework="np") as f:
+                for k in f.keys():
+                    out[k] = _to_numpy(f.get_tensor(k))
+        except (TypeError, ValueError):  # bfloat16 has no numpy dtype: read through torch
+            with safe_open(str(path), framework="pt") as f:
+                for k in f.keys():
+                    out[k] = _to_numpy(f.get_tensor(k))
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise ConversionError(f"{path}: not a readable safetensors file (truncated or not "
+                              f"safetensors?): {e}") from None
     return out
 
 

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from zsad_jax import cli_logging, config_lib, data, runs
+from zsad_jax.backbones.io import CorruptWeightsError
 from zsad_jax.evaluation import Evaluator, ResultsExistError, markdown_table, results_folder
 
 EVAL_OVERRIDES = ("smoothing_sigma", "resolution", "num_heatmaps", "max_images")
@@ -157,7 +158,7 @@ def main(argv) -> None:
                      batch_size=f.batch_size, skip_unreadable=f.skip_unreadable,
                      progress=f.progress, overwrite=f.overwrite)
     except (UsageError, FileNotFoundError, data.DatasetError, config_lib.ConfigError,
-            ResultsExistError) as e:
+            ResultsExistError, CorruptWeightsError) as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(2) from None
 

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from zsad_jax import cli_logging, config_lib, data, devices, runs
+from zsad_jax.backbones.io import CorruptWeightsError
 from zsad_jax.data.pipeline import Preprocess
 from zsad_jax.data.records import IMAGE_EXTENSIONS
 from zsad_jax.evaluation import heatmaps, inference
@@ -237,7 +238,7 @@ def main(argv) -> None:
         predictor = predict(run.method, run.params, run.config, paths, f.out, f.threshold, f.vmin,
                             f.vmax, f.batch_size, f.smoothing_sigma, progress=f.progress,
                             class_name=f.class_name)
-    except (UsageError, FileNotFoundError, config_lib.ConfigError) as e:
+    except (UsageError, FileNotFoundError, config_lib.ConfigError, CorruptWeightsError) as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(2) from None
     sys.stdout.write(f"{len(predictor.rows)} image(s) scored, {len(predictor.failed)} unreadable "

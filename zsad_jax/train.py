@@ -16,6 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from zsad_jax import cli_logging, config_lib, devices
+from zsad_jax.backbones.io import CorruptWeightsError
 from zsad_jax.evaluation import Evaluator, ResultsExistError, markdown_table, results_folder
 from zsad_jax.training import checkpoint, loop
 
@@ -68,7 +69,7 @@ def main(argv) -> None:
     try:
         result = run_training(config, workdir, progress=_PROGRESS.value)
     except (loop.MissingInputsError, checkpoint.ConfigMismatchError, checkpoint.RunLockedError,
-            config_lib.ConfigError, ResultsExistError) as e:
+            config_lib.ConfigError, ResultsExistError, CorruptWeightsError) as e:
         sys.stderr.write(f"error: {e}\n")
         raise SystemExit(2) from None
     except loop.NonFiniteError as e:

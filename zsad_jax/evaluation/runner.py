@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import re
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -155,7 +156,7 @@ def evaluate_records(method, params, records: Sequence, config, out_dir, dataset
     batches = data.eval_batches(records, method.views, method.mask_size, batch_size,
                                 jax.process_index(), jax.process_count())
     bar = None
-    if progress and is_main:
+    if progress and is_main and sys.stderr.isatty():       # in a log file: one line per class
         from tqdm import tqdm
 
         bar = tqdm(total=len(records), desc=f"eval {dataset_name}", unit="img", dynamic_ncols=True)
@@ -186,6 +187,9 @@ def evaluate_records(method, params, records: Sequence, config, out_dir, dataset
             class_sizes[name] = {"images": len(acc.records), "anomalous": sum(acc.labels)}
             if is_main and ev.num_heatmaps > 0:
                 acc.write_heatmaps(out_dir / "heatmaps", int(ev.num_heatmaps))
+            if is_main and progress and bar is None:
+                log.info("eval %s: class %s scored (%d/%d images)", dataset_name, name, done,
+                         len(records))
             if is_main:
                 sections.append(report.class_section(
                     name, acc.records, np.asarray(acc.scores), acc.labels, acc.maps, acc.masks,

@@ -11,7 +11,7 @@ import sys
 
 def main(argv=None) -> int:
     from zsad_jax.data import DATASETS
-    from zsad_jax.data.tfds import builder
+    from zsad_jax.data.tfds import builder_module
 
     parser = argparse.ArgumentParser(prog="python -m zsad_jax.data.tfds", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -20,6 +20,11 @@ def main(argv=None) -> int:
     parser.add_argument("--data_dir", required=True, help="where the TFDS files are written")
     parser.add_argument("--classes", nargs="*", help="a subset of classes (default: all)")
     args = parser.parse_args(argv)
+    try:
+        builder = builder_module()
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     prepared = builder.prepare(args.name, args.manual_dir, args.data_dir, args.classes)
     print(f"prepared {prepared.info.full_name} in {args.data_dir}: "
           + ", ".join(f"{s} {v.num_examples}" for s, v in prepared.info.splits.items()))
