@@ -63,7 +63,9 @@ def get_config(arg=None):
     c.optim.clip_each = ("^head/(anomaly|normal)_token$",)   # clip_grad_norm_ per token, norm 1
     c.optim.clip_each_norm = 1.0
     c.train.epochs = 1
-    c.train.remat = True              # gradients reach the tokens through the whole frozen tower
+    # Gradients reach the tokens through the whole frozen tower: the remat policy is chosen by
+    # memory (none where the batch fits, dots, then full remat).
+    c.train.remat = "auto"
 
     # The architecture and loss sections with their defaults (one comment per key):
     # zsad_jax/methods/visualad/config.py; the release's choices where they differ.
@@ -108,7 +110,7 @@ def get_config(arg=None):
         c.optim.lr = 1e-2
         c.optim.lr_groups = (SLOW_GROUP + "=1e-3",)
         c.train.epochs = 3
-        c.train.remat = False
+        c.train.remat = "none"
         c.model.dropout = 0.0
         c.model.score_sigma = 1.0
         c.eval.num_heatmaps = 2

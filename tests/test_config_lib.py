@@ -69,9 +69,10 @@ def test_unknown_variant_is_an_error():
 
 def test_overrides_are_typed():
     c = config_lib.load_config("sgnet.py", ["optim.lr=1e-3", "train.epochs=2",
-                                            "train.remat=true", "data.protocol=mvtec_to_visa"])
+                                            "train.feature_cache=true", "data.protocol=mvtec_to_visa",
+                                            "train.remat=dots"])
     assert c.optim.lr == 1e-3 and isinstance(c.optim.lr, float)
-    assert c.train.epochs == 2 and c.train.remat is True
+    assert c.train.epochs == 2 and c.train.feature_cache is True and c.train.remat == "dots"
     assert c.data.protocol == "mvtec_to_visa"
 
 
@@ -87,7 +88,7 @@ def test_typo_names_key_and_closest_keys():
     ("data.batch_size=0", "config.data.batch_size=0", "positive"),
     ("backbones.clip.layers=7", "config.backbones.clip.layers=(7,)", "[1, 2]"),
     ("optim.lr=fast", "optim.lr=fast", "float"),
-    ("model.num_stages=3", "model.num_stages=3", "layers"),
+    ("model.topk_fraction=2.0", "model.topk_fraction=2.0", "(0, 1]"),
     ("gpr.lambda_att=1.5", "config.gpr.lambda_att=1.5", "[0, 1]"),
 ])
 def test_bad_values_name_the_key(override, key, expected):

@@ -19,12 +19,13 @@ def test_run_rejects_bad_names_and_overrides():
 
 
 def test_overrides_round_trip_through_the_config_parser():
-    overrides = overrides_of({"train.remat": True, "optim.end_lr_factor": 0.3,
+    overrides = overrides_of({"train.feature_cache": True, "optim.end_lr_factor": 0.3,
                               "backbones.clip.layers": (1, 2), "data.protocol": "synthetic"})
-    assert overrides == ("train.remat=True", "optim.end_lr_factor=0.3",
+    assert overrides == ("train.feature_cache=True", "optim.end_lr_factor=0.3",
                          "backbones.clip.layers=(1, 2)", "data.protocol=synthetic")
     c = config_lib.load_config("sgnet.py", overrides, validate_config=False)   # the parser alone
-    assert (c.train.remat, c.optim.end_lr_factor, c.backbones.clip.layers, c.data.protocol) == (
+    assert (c.train.feature_cache, c.optim.end_lr_factor, c.backbones.clip.layers,
+            c.data.protocol) == (
         True, 0.3, (1, 2), "synthetic")
 
 

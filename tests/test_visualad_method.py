@@ -176,7 +176,7 @@ def test_gradients_reach_tokens_sca_saf_and_nothing_frozen_is_trainable(demo):
     # (the position embeddings are frozen by default but differentiable: they get a gradient too)
     assert_gradient_reaches({"head": live}, ["head/"])
     # config.train.remat recomputes the frozen blocks in the backward pass: same gradients.
-    remat = methods.build(_demo(**{"train.remat": True}))
+    remat = methods.build(_demo(**{"train.remat": "full"}))
     grads_remat = jax.jit(jax.grad(lambda p: remat.loss(p, batch, jax.random.key(1))[0]))(params)
     assert_trees_close(grads["head"], grads_remat["head"], rtol=1e-5, what="remat")
     # The release's choices: frozen token positions, trained final LayerNorm (a head copy of it).

@@ -160,6 +160,18 @@ def _parse_with_flags(spec: str, override_argv: Sequence[str],
     return flag_values.config
 
 
+def with_values(config: ml_collections.ConfigDict, values: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of `config` with the dotted keys of `values` set (the original is unchanged)."""
+    out = config.copy_and_resolve_references()
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return out
+
+
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     """All dotted keys of a (nested) ConfigDict, parents included."""
     keys = []
@@ -371,7 +383,10 @@ class TrainConfig(Section):
     best_metric: str = ""
     best_on: str = ""                   # the selection dataset of best_metric (not a target)
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"   # params stay float32
-    remat: bool = False                 # rematerialize backbone blocks (backprop through the tower)
+    # Rematerialize backbone blocks when backpropagating through the tower: "none", "dots" (keep
+    # the matmul outputs), "full" (keep each block's input only), or "auto": the first of them
+    # whose compiled step fits the device's memory (measured before training; the log says which).
+    remat: Literal["none", "dots", "full", "auto"] = "none"
     feature_cache: bool = False         # cache frozen backbone features on disk (bf16)
     cache_dir: str = ""                 # default: <workdir>/feature_cache
     allow_config_change: bool = False   # resume even if the config differs from the saved one
@@ -464,4 +479,4 @@ __all__ = ["BASE_SECTIONS", "BackboneSpec", "ConfigError", "DataConfig", "EvalCo
            "OptimConfig", "Section", "TrainConfig", "backbone_config", "base_config",
            "check_override_keys", "config_from_dict", "config_sha256", "config_to_dict",
            "flat_keys", "load_config", "main_with_config", "prepare_argv", "resolve_config_path",
-           "resolve_config_spec", "split_spec", "validate"]
+           "resolve_config_spec", "split_spec", "validate", "with_values"]

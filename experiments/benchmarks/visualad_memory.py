@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 
-def analyse(arch: str, size: int, batch: int, dtype: str, remat: bool) -> dict:
+def analyse(arch: str, size: int, batch: int, dtype: str, remat: str) -> dict:
     from zsad_jax import backbones, config_lib, methods
 
     depth = backbones.get_arch(arch).depth
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     print(f"backend {jax.default_backend()}, {args.arch} at {args.size}, batch {args.batch}, {args.dtype}")
-    for remat in (False, True):
+    for remat in ("none", "dots", "full"):
         print(analyse(args.arch, args.size, args.batch, args.dtype, remat), flush=True)
 
 

@@ -28,7 +28,7 @@ class DINO(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     pos_interpolation: str = "bicubic"
-    remat: bool = False
+    remat: bool | str = False         # a policy of layers.block_class
     vv_from_layer: int = 0
 
     def setup(self):

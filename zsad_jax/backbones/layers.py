@@ -133,10 +133,42 @@ class Block(nn.Module):
         return x, vv_stream
 
 
-def make_blocks(cfg: BackboneConfig, *, text: bool, dtype, param_dtype, remat: bool,
+REMAT_POLICIES = ("none", "dots", "full")
+
+
+def remat_policy(remat: bool | str | None) -> str:
+    """The remat policy name of a module's `remat` field (True = "full", False/None = "none")."""
+    if remat is True:
+        return "full"
+    if remat is False or remat is None:
+        return "none"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r}: expected one of {REMAT_POLICIES} (or a bool)")
+    return remat
+
+
+def block_class(remat: bool | str | None):
+    """Block, or Block rematerialized in the backward pass:
+
+    * "none": activations kept (fastest; the most memory);
+    * "dots": the outputs of the weight matmuls (projections, MLP) are kept and the rest
+      (LayerNorms, activations, the attention core) recomputed (`jax.checkpoint` with
+      `dots_with_no_batch_dims_saveable`);
+    * "full": only each block's input is kept, the whole block recomputed (the least memory).
+    """
+    policy = remat_policy(remat)
+    if policy == "none":
+        return Block
+    if policy == "dots":
+        return nn.remat(Block, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    return nn.remat(Block)
+
+
+def make_blocks(cfg: BackboneConfig, *, text: bool, dtype, param_dtype, remat: bool | str,
                 prefix: str = "block") -> list[Block]:
-    """The tower's blocks named `{prefix}{i}` (0-based), optionally rematerialized."""
-    cls = nn.remat(Block) if remat else Block
+    """The tower's blocks named `{prefix}{i}` (0-based), rematerialized per `remat` (a policy of
+    `block_class`)."""
+    cls = block_class(remat)
     if text:
         shape = dict(width=cfg.text_width, heads=cfg.text_heads, mlp_dim=cfg.text_mlp_dim,
                      causal=True)

@@ -95,10 +95,17 @@ class Method(abc.ABC):
             raise ConfigError(f"config.backbones has {have or 'no sections'}; {what} needs "
                               f"{sorted(names)}")
 
+    @property
+    def remat_policy(self) -> str:
+        """`config.train.remat`; "auto" builds like "none" (the train loop then picks the policy
+        by memory and rebuilds the method with it)."""
+        policy = self.config.train.remat
+        return "none" if policy == "auto" else policy
+
     def build_backbone(self, name: str, **kwargs) -> Backbone:
         """The tower of `config.backbones.<name>` in this method's compute dtype and remat."""
         bb = backbones_lib.from_config(name, self.config.backbones[name], dtype=self.dtype,
-                                       remat=bool(self.config.train.remat), **kwargs)
+                                       remat=self.remat_policy, **kwargs)
         self.backbones[name] = bb
         return bb
 

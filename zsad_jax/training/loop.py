@@ -8,7 +8,8 @@ Order of a run (nothing is compiled before step 4, so a missing input fails fast
 2. lock the run directory (a second training of it is refused at once); write
    `<workdir>/config.json`, or compare with it when the run has a checkpoint (resume);
 3. build params (split trainable / frozen), optimizer, mesh, data loader (or the feature cache,
-   `feature_cache.training_loader`);
+   `feature_cache.training_loader`); with `train.remat="auto"`, the remat policy whose compiled
+   step fits the device's memory (`memory.choose_remat`);
 4. restore the latest checkpoint if any (state + data iterator position), trim the logs to it and
    run the evaluation that was due at it if it is missing; then step: log every `log_every`,
    checkpoint every `ckpt_every` (0: each epoch end), evaluate every `eval_every` (0: each epoch
@@ -33,10 +34,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from zsad_jax import data, devices, methods
+from zsad_jax import config_lib, data, devices, methods
 from zsad_jax.config_types import ConfigError
 from zsad_jax.training import checkpoint as checkpoint_lib
 from zsad_jax.training import feature_cache as cache_lib
+from zsad_jax.training import memory
 from zsad_jax.training import optimizer as optimizer_lib
 from zsad_jax.training import state as state_lib
 from zsad_jax.training import step as step_lib
@@ -203,8 +205,16 @@ def _train(method, config, workdir, train_records, eval_sets, selection, evaluat
             "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
             "process_count": process_count}
 
-    step_fn = step_lib.make_train_step(method, layout, tx, loss_terms, mesh, from_features,
-                                       feature_dtypes=feature_dtypes)
+    def build_step(policy):
+        built = method if policy == method.remat_policy else methods.build(
+            config_lib.with_values(config, {"train.remat": policy}))
+        return built, step_lib.make_train_step(built, layout, tx, loss_terms, mesh, from_features,
+                                               feature_dtypes=feature_dtypes)
+
+    if config.train.remat == "auto":
+        _, method, step_fn, _ = memory.choose_remat(build_step, (state, frozen, dummy))
+    else:
+        method, step_fn = build_step(config.train.remat)
     writer = MetricsWriter(workdir, enabled=process_index == 0, resume_step=start)
     ckpt_every = _every(int(config.train.ckpt_every), steps_per_epoch)
     eval_every = _every(int(config.train.eval_every), steps_per_epoch)
