@@ -132,12 +132,13 @@ def test_project_image_tokens_is_ln_post_proj(tiny):
     np.testing.assert_allclose(normed[:, 0], dout.pooled, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["clip-tiny", "dinov3-tiny"])
-def test_remat_changes_memory_not_values(tiny, name):
+@pytest.mark.parametrize("name,policy", [("clip-tiny", "full"), ("dinov3-tiny", "full"),
+                                         ("clip-tiny", "dots")])
+def test_remat_changes_memory_not_values(tiny, name, policy):
     """Gradients of a well-conditioned objective (a random projection of the pooled output and of
     every tapped layer) are the same with and without remat, eagerly and under jit, to rounding."""
     model, params = tiny[name]
-    remat = backbones.build(name, remat=True)
+    remat = backbones.build(name, remat=policy)
     images = _images(64)
 
     tower = "visual" if "visual" in params else None     # CLIP: the image tower's params only
