@@ -15,6 +15,8 @@ from zsad_jax.backbones.tokenizer import (
     SOT,
     ClipTokenizer,
     base_vocab,
+    openai_merges,
+    read_merges,
     tiny_bpe,
     tiny_tokenizer,
     write_tokenizer_files,
@@ -97,3 +99,22 @@ def test_bad_vocab_is_reported(tmp_path):
         backbones.load_tokenizer(tmp_path)
     with pytest.raises(FileNotFoundError, match="--bpe"):
         backbones.load_tokenizer(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("header", ["#version: 0.2", '"bpe_simple_vocab_16e6.txt#version: 0.2'])
+def test_merges_header_is_not_a_merge(tmp_path, header):
+    """HF's merges.txt and OpenAI's bpe_simple_vocab_16e6.txt.gz both open with a header line; with
+    it read as a merge, every merged token id would move up by one."""
+    import gzip
+
+    body = "a b\nab c</w>\n"
+    path = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(f"{header}\n{body}")
+    assert read_merges(path) == [("a", "b"), ("ab", "c</w>")]
+    plain = tmp_path / "merges.txt"
+    plain.write_text(f"{header}\n{body}")
+    assert read_merges(plain) == [("a", "b"), ("ab", "c</w>")]
+    tok = ClipTokenizer.from_bpe_merges(openai_merges(path, vocab_size=516))
+    # ids: 512 byte symbols, then one per merge in order, then the start and end tokens.
+    assert (tok.encoder["ab"], tok.encoder["abc</w>"], tok.vocab_size) == (512, 513, 516)

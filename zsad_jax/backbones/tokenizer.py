@@ -152,7 +152,11 @@ class ClipTokenizer:
 
 
 def read_merges(path) -> list[tuple[str, str]]:
-    """merges.txt (HF) or OpenAI's `bpe_simple_vocab_16e6.txt[.gz]` -> list of pairs."""
+    """merges.txt (HF) or OpenAI's `bpe_simple_vocab_16e6.txt[.gz]` -> list of pairs.
+
+    The first line is a header in both: HF's `#version: 0.2`, OpenAI's
+    `"bpe_simple_vocab_16e6.txt#version: 0.2` (two "symbols" when split: it must not be read as a
+    merge, or every merged token's id moves up by one)."""
     path = pathlib.Path(path)
     if path.suffix == ".gz":
         import gzip
@@ -162,7 +166,7 @@ def read_merges(path) -> list[tuple[str, str]]:
     lines = text.split("\n")
     merges = []
     for number, line in enumerate(lines, start=1):
-        if not line.strip() or line.startswith("#version"):
+        if not line.strip() or (number == 1 and "#version" in line):
             continue
         parts = line.split()
         if len(parts) != 2:
