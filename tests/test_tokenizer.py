@@ -118,3 +118,11 @@ def test_merges_header_is_not_a_merge(tmp_path, header):
     tok = ClipTokenizer.from_bpe_merges(openai_merges(path, vocab_size=516))
     # ids: 512 byte symbols, then one per merge in order, then the start and end tokens.
     assert (tok.encoder["ab"], tok.encoder["abc</w>"], tok.vocab_size) == (512, 513, 516)
+
+
+def test_folder_converted_with_the_shifted_merges_is_refused(tmp_path):
+    """Folders converted with --bpe before the header fix hold the header as their first merge."""
+    path = tmp_path / "merges.txt"
+    path.write_text('#version: 0.2\n"bpe_simple_vocab_16e6.txt#version: 0.2\na b\n')
+    with pytest.raises(ValueError, match="merges.txt:2: a header line .* convert the CLIP again"):
+        read_merges(path)

@@ -168,6 +168,10 @@ def read_merges(path) -> list[tuple[str, str]]:
     for number, line in enumerate(lines, start=1):
         if not line.strip() or (number == 1 and "#version" in line):
             continue
+        if "#version" in line:   # written by a converter before this was fixed
+            raise ValueError(f"{path}:{number}: a header line {line!r} among the merges (this "
+                             f"folder was converted with an earlier --bpe reader that shifted "
+                             f"every merged token id by one): convert the CLIP again")
         parts = line.split()
         if len(parts) != 2:
             raise ValueError(f"{path}:{number}: expected two symbols per merge line, got {line!r}")
