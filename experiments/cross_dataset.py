@@ -27,6 +27,7 @@ from experiments.grid import Grid, Run
 PROTOCOLS = ("visa_to_mvtec", "mvtec_to_visa")
 # Method -> paper tables of its cross-dataset results (experiments/paper_results.json).
 TABLES = {
+    "anomalyclip": ("anomalyclip.cross_dataset", "anomalyclip.mvtec_classes", "anomalyclip.visa_classes"),
     "sgnet": ("sgnet.cross_dataset",),
     "ssvp": ("ssvp.table1", "ssvp.table2"),
     "visualad": ("visualad.cross_dataset",),

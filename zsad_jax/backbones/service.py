@@ -58,7 +58,8 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "clip": Family(CLIP, {"final_norm": ("visual", "ln_post"), "class_pos": ("visual", "pos_embed"),
-                          "image_tower": ("visual",)}, has_text=True),
+                          "image_tower": ("visual",), "image_proj": ("visual", "proj")},
+                   has_text=True),
     "dinov2": Family(DINO, {"final_norm": ("norm",), "class_pos": ("pos_embed",)}),
     "dinov3": Family(DINO, {"final_norm": ("norm",)}),
 }
@@ -155,11 +156,16 @@ class Backbone:
 
     # ---- computations (pure; `params` are this tower's) ------------------------------------
     def encode_image(self, params, images, layers=None, prefix_tokens=None,
-                     prefix_pos_embed=None) -> ImageFeatures:
-        """images (B, S, S, 3) normalized -> ImageFeatures of `layers` (default: `self.layers`)."""
+                     prefix_pos_embed=None, final_hidden: bool = False) -> ImageFeatures:
+        """images (B, S, S, 3) normalized -> ImageFeatures of `layers` (default: `self.layers`).
+
+        final_hidden (CLIP): also `ImageFeatures.final`, the last block's normal-stream output
+        (B, T, D) before the final norm (with the V-V path the taps come from the other stream).
+        """
+        extra = {"final_hidden": True} if final_hidden else {}
         return self.module.apply({"params": params}, images,
                                  self.layers if layers is None else tuple(layers),
-                                 prefix_tokens, prefix_pos_embed, method="encode_image")
+                                 prefix_tokens, prefix_pos_embed, method="encode_image", **extra)
 
     def project(self, params, tokens):
         """Tokens (B, ..., D) -> the tower's output space: CLIP ln_post + proj (B, ..., E);
@@ -179,7 +185,8 @@ class Backbone:
         return self.module.apply({"params": params}, token_ids, method="encode_text")
 
     def encode_text_embeddings(self, params, embeddings, eot_index, **kwargs):
-        """CLIP: (B, L, Dt) prompt embeddings + (B,) EOT positions -> (B, E)."""
+        """CLIP: (B, L, Dt) prompt embeddings + (B,) EOT positions -> (B, E); kwargs: `layers`,
+        `deep_prompts` (N, [B,] P, Dt) replacing positions 1..P before text blocks 2..N+1."""
         return self.module.apply({"params": params}, embeddings, eot_index,
                                  method="encode_text_embeddings", **kwargs)
 

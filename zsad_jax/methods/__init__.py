@@ -15,6 +15,7 @@ from zsad_jax.methods.base import FrozenFeaturesMethod, ImageView, Method
 
 # name -> "module:Class"; imported on first use so that `import zsad_jax.methods` stays cheap.
 REGISTRY = {
+    "anomalyclip": "zsad_jax.methods.anomalyclip:AnomalyCLIP",
     "linear_probe": "zsad_jax.methods.linear_probe:LinearProbe",
     "sgnet": "zsad_jax.methods.sgnet:SGNet",
     "ssvp": "zsad_jax.methods.ssvp:SSVP",
