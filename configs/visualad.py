@@ -66,6 +66,7 @@ def get_config(arg=None):
     # Gradients reach the tokens through the whole frozen tower: the remat policy is chosen by
     # memory (none where the batch fits, dots, then full remat).
     c.train.remat = "auto"
+    c.eval.paper_table = "visualad.cross_dataset"   # the paper's numbers beside ours in report.html
 
     # The architecture and loss sections with their defaults (one comment per key):
     # zsad_jax/methods/visualad/config.py; the release's choices where they differ.
@@ -81,18 +82,17 @@ def get_config(arg=None):
         c.backbones.vit = config_lib.backbone_config(
             "dinov2-vitl14", weights="weights/dinov2-vitl14", image_size=518,
             layers=(6, 12, 18, 24), pos_interpolation="bicubic")
+        c.eval.paper_table = "visualad.dinov2"
         if arg == "dinov2_mvtec_to_visa":
             c.data.protocol = "mvtec_to_visa"
             c.train.epochs = 2
     elif arg == "paper_epochs":
         c.train.epochs = 15
-    elif arg == "no_sca":
-        c.model.use_sca = False
-    elif arg == "no_saf":
-        c.model.use_saf = False
-    elif arg == "no_sca_saf":
-        c.model.use_sca = False
-        c.model.use_saf = False
+    elif arg in ("no_sca", "no_saf", "no_sca_saf"):
+        # ablation rows (their paper numbers: experiments/visualad_ablation.py's table)
+        c.eval.paper_table = ""
+        c.model.use_sca = arg == "no_saf"
+        c.model.use_saf = arg == "no_sca"
     elif arg == "paper_reading":
         c.model.learn_token_pos = True
         c.model.train_final_norm = False
@@ -102,6 +102,7 @@ def get_config(arg=None):
         c.data.drop_last = True
         c.loss.focal = "clipped"
     elif arg == "demo":
+        c.eval.paper_table = ""
         c.backbones.vit = config_lib.backbone_config("clip-tiny", image_size=64, layers=(1, 2),
                                                      pos_interpolation="bilinear")
         c.data.protocol = "synthetic"

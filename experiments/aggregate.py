@@ -27,7 +27,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from experiments import paper_results
+from zsad_jax.evaluation import paper_tables
 
 SCALE = 100.0  # fractions in metrics.json -> percent in tables, like the papers
 
@@ -181,7 +181,7 @@ def paper_table_markdown(table_id: str, runs: Sequence[RunMetrics],
                          table: dict[str, Any] | None = None,
                          dataset_map: Mapping[str, str] | None = None) -> str:
     """One paper table with our numbers, the paper's and the difference, as markdown."""
-    table = table or paper_results.get(table_id)
+    table = table or paper_tables.get(table_id)
     first = {"datasets": "Dataset", "runs": "Setting", "classes": "Class"}[table["rows_are"]]
     header = [first, "Run"]
     for column in table["columns"]:
@@ -206,12 +206,12 @@ def paper_table_markdown(table_id: str, runs: Sequence[RunMetrics],
 
 def all_results_markdown(runs: Sequence[RunMetrics]) -> str:
     """Every run x dataset with the class-mean of every metric (no paper numbers)."""
-    header = ["Run", "Dataset", "Images", *paper_results.METRICS]
+    header = ["Run", "Dataset", "Images", *paper_tables.METRICS]
     lines = ["### All results (mean over classes, percent)", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in sorted(runs, key=lambda r: r.name):
         for dataset, content in sorted(run.datasets.items()):
-            values = [_fmt(_ours(content["mean"], m), "n/a") for m in paper_results.METRICS]
+            values = [_fmt(_ours(content["mean"], m), "n/a") for m in paper_tables.METRICS]
             lines.append("| " + " | ".join([run.name, dataset, str(content.get("num_images", "?")),
                                             *values]) + " |")
     return "\n".join(lines) + "\n"
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "grid folders (the runner's --root)")
     parser.add_argument("--table", action="append", default=[],
                         help="paper table id to lay the results out as (repeatable); "
-                             f"known: {', '.join(paper_results.load())}")
+                             f"known: {', '.join(paper_tables.load())}")
     parser.add_argument("--dataset_map", action="append", default=[], metavar="PAPER=OURS",
                         help="compare our dataset OURS with the paper's PAPER (e.g. mvtec=synthetic "
                              "for demo runs; repeatable)")
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset_map[paper] = ours
     try:
         text = report_markdown(args.root, args.table, dataset_map=dataset_map)
-    except (FileNotFoundError, MetricsFileError, paper_results.PaperTableError) as e:
+    except (FileNotFoundError, MetricsFileError, paper_tables.PaperTableError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     if args.out:

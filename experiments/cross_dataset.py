@@ -25,7 +25,7 @@ from experiments import cli
 from experiments.grid import Grid, Run
 
 PROTOCOLS = ("visa_to_mvtec", "mvtec_to_visa")
-# Method -> paper tables of its cross-dataset results (experiments/paper_results.json).
+# Method -> paper tables of its cross-dataset results (zsad_jax/evaluation/paper_results.json).
 TABLES = {
     "anomalyclip": ("anomalyclip.cross_dataset", "anomalyclip.mvtec_classes", "anomalyclip.visa_classes"),
     "sgnet": ("sgnet.cross_dataset",),

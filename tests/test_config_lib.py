@@ -9,7 +9,7 @@ import pytest
 from zsad_jax import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-METHOD_CONFIGS = ("sgnet.py", "ssvp.py", "visualad.py")
+METHOD_CONFIGS = ("anomalyclip.py", "sgnet.py", "ssvp.py", "visualad.py")
 
 
 @pytest.mark.parametrize("name", METHOD_CONFIGS)
@@ -141,7 +141,7 @@ def test_train_cli_bad_value_is_one_line_and_exit_2(tmp_path, flag):
 
 
 def test_plain_install_ships_configs(tmp_path):
-    """A non-editable wheel carries configs/ as zsad_jax._configs."""
+    """A non-editable wheel carries configs/ as zsad_jax._configs, and the papers' numbers."""
     import zipfile
 
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
@@ -152,3 +152,4 @@ def test_plain_install_ships_configs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in METHOD_CONFIGS:
         assert f"zsad_jax/_configs/{name}" in names
+    assert "zsad_jax/evaluation/paper_results.json" in names

@@ -277,3 +277,31 @@ def test_sharded_over_devices_gives_the_same_metrics(tiny, tmp_path):
         for metric, value in values.items():
             tolerance = 1e-4 if metric.startswith("pixel") else 1e-6
             assert sharded[name][metric] == pytest.approx(value, abs=tolerance), (name, metric)
+
+
+def test_paper_table_puts_the_papers_numbers_beside_the_mean(tiny, tmp_path):
+    """config.eval.paper_table: the report shows the paper's row of the evaluated dataset."""
+    from zsad_jax.evaluation import paper_tables
+
+    _, method, params, records = tiny
+    config = config_lib.load_config("linear_probe.py", {
+        "model.image_size": 32, "eval.num_heatmaps": 0, "data.eval_batch_size": 4,
+        "eval.paper_table": "visualad.cross_dataset"})
+    numbers, label = paper_tables.dataset_numbers("visualad.cross_dataset")["mvtec"]
+    (metric, value), = [(m, v) for m, v in numbers.items() if v is not None][:1]
+    checkpoint = {"step": 0, "path": "none"}
+    evaluation.Evaluator(config, progress=False)(method, params, {"mvtec": records}, tmp_path,
+                                                 checkpoint, flat=True)
+    page = (tmp_path / "mvtec" / "report.html").read_text()
+    assert f"Paper: {label}" in page and f"{value:.1f}" in page and "Ours &minus; paper" in page
+    # A dataset the table has no row for gets no paper row.
+    evaluation.Evaluator(config, progress=False)(method, params, {"synthetic": records},
+                                                 tmp_path, checkpoint, flat=True)
+    assert "Paper:" not in (tmp_path / "synthetic" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("table,expected", [("visualad.crossdataset", "did you mean"),
+                                            ("sgnet.ablation", "expected '' or one of")])
+def test_paper_table_must_be_a_datasets_table(table, expected):
+    with pytest.raises(config_lib.ConfigError, match=f"config.eval.paper_table.*{expected}"):
+        config_lib.load_config("linear_probe.py", {"eval.paper_table": table})

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from experiments import aggregate, paper_results
+from experiments import aggregate
+from zsad_jax.evaluation import paper_tables
 
 
 def results_dir(run_dir, step=7):
@@ -129,7 +130,7 @@ def test_bad_metrics_files_are_named(tmp_path, content, message):
 
 
 def test_paper_numbers_file_is_consistent():
-    tables = paper_results.load()
+    tables = paper_tables.load()
     assert set(tables) >= {"sgnet.cross_dataset", "sgnet.ablation", "ssvp.table1", "ssvp.table2",
                            "ssvp.table3", "ssvp.table5", "visualad.cross_dataset",
                            "visualad.dinov2", "visualad.ablation"}
@@ -159,8 +160,8 @@ def test_paper_numbers_file_is_consistent():
 def test_malformed_paper_tables_are_named(change, message):
     table = json.loads(json.dumps(SMALL_TABLE))
     change(table)
-    with pytest.raises(paper_results.PaperTableError, match="table 'small'") as info:
-        paper_results.check_table("small", table)
+    with pytest.raises(paper_tables.PaperTableError, match="table 'small'") as info:
+        paper_tables.check_table("small", table)
     assert message in str(info.value)
 
 
@@ -168,7 +169,7 @@ def test_paper_rows_name_zsad_jax_datasets_and_classes():
     from zsad_jax import data
 
     no_reader = {"oct17", "brain_ad", "his"}     # VisualAD medical sets (noted in the table)
-    for table_id, table in paper_results.load().items():
+    for table_id, table in paper_tables.load().items():
         datasets = [c["dataset"] for c in table["columns"] if c.get("dataset")]
         if table["rows_are"] == "datasets":
             datasets += [r["key"] for r in table["rows"]]

@@ -416,10 +416,21 @@ class EvalConfig(Section):
     resolution: Literal["input", "native"] = "input"   # masks at the input size, or maps at native
     num_heatmaps: int = 8               # heatmap PNGs per class
     max_images: int = 0                 # > 0: evaluate on at most this many images per class
+    # The paper's numbers shown beside each dataset's mean in report.html: the id of a table of
+    # zsad_jax/evaluation/paper_results.json whose rows are datasets ("" = none). The methods'
+    # paper configs set it; their ablations and demos leave it empty.
+    paper_table: str = ""
 
     def check(self, where):
         for key in ("smoothing_sigma", "num_heatmaps", "max_images"):
             self.require(where, key, getattr(self, key) >= 0, "expected >= 0")
+        if self.paper_table:
+            from zsad_jax.evaluation import paper_tables
+
+            known = paper_tables.dataset_tables()
+            self.require(where, "paper_table", self.paper_table in known,
+                         f"expected '' or one of {', '.join(known)}"
+                         + _closest(self.paper_table, known))
 
 
 BASE_SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "optim": OptimConfig,

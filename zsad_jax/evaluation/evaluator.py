@@ -25,6 +25,7 @@ import jax
 
 from zsad_jax import config_lib
 from zsad_jax.backbones import io
+from zsad_jax.evaluation import paper_tables
 from zsad_jax.evaluation.runner import evaluate_records
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Evaluator:
 
     config: the run's config (its `eval` section and `data.eval_batch_size` are read); mesh: the
     device mesh (default: all devices); paper: {dataset: ({metric: percent}, label)} of the
-    paper's tables for the report; tag: the suffix of the results folders (a config other than
+    paper's tables for the report (default: the rows of `config.eval.paper_table`); tag: the suffix of the results folders (a config other than
     the run's own).
     """
 
@@ -63,6 +64,8 @@ class Evaluator:
         self.mesh = mesh
         self.progress = progress
         self.overwrite = overwrite
+        if paper is None and config.eval.get("paper_table"):
+            paper = paper_tables.dataset_numbers(config.eval.paper_table)
         self.paper = dict(paper or {})
         self.config_sha256 = config_lib.config_sha256(config)
 

@@ -3,6 +3,10 @@
 Each table: {"title", "paper", "source", "rows_are": "datasets" | "runs" | "classes",
 "dataset" (classes tables), "columns": [{"metric", "dataset"?, "label"}],
 "rows": [{"key", "label", "values": [percent | null per column], "std"?: [...]}], "notes"?}.
+
+The tables are used twice: experiments/aggregate.py lays runs' results out beside them, and an
+evaluation whose config names a "datasets" table (`config.eval.paper_table`) shows its dataset's
+row beside the mean in report.html (`dataset_numbers`).
 """
 
 from __future__ import annotations
@@ -75,3 +79,22 @@ def get(table_id: str, path: str | pathlib.Path = PAPER_RESULTS) -> dict[str, An
     if table_id not in tables:
         raise PaperTableError(f"No paper table {table_id!r} in {path}; known: {', '.join(tables)}.")
     return tables[table_id]
+
+
+def dataset_numbers(table_id: str, path: str | pathlib.Path = PAPER_RESULTS
+                    ) -> dict[str, tuple[dict[str, float | None], str]]:
+    """{dataset: ({metric: percent or None}, label)} of a table whose rows are datasets: what
+    `evaluation.Evaluator(paper=...)` shows beside each dataset's mean."""
+    table = get(table_id, path)
+    if table["rows_are"] != "datasets":
+        raise PaperTableError(f"table {table_id!r} has rows_are={table['rows_are']!r}; the "
+                              f"evaluation report needs a table whose rows are datasets.")
+    label = f"{table['title']} (table {table_id})"
+    return {row["key"]: ({c["metric"]: v for c, v in zip(table["columns"], row["values"],
+                                                          strict=True)}, label)
+            for row in table["rows"]}
+
+
+def dataset_tables(path: str | pathlib.Path = PAPER_RESULTS) -> tuple[str, ...]:
+    """Ids of the tables whose rows are datasets (the values `config.eval.paper_table` takes)."""
+    return tuple(k for k, t in load(path).items() if t["rows_are"] == "datasets")
