@@ -44,6 +44,7 @@ class RunMetrics:
     row: str
     path: pathlib.Path
     datasets: dict[str, dict[str, Any]]  # dataset -> metrics.json content
+    files: dict[str, pathlib.Path] = dataclasses.field(default_factory=dict)  # dataset -> its file
 
 
 def read_metrics(path: pathlib.Path) -> dict[str, Any]:
@@ -95,12 +96,13 @@ def collect(root: str | pathlib.Path) -> list[RunMetrics]:
         if not files:
             continue
         info = read_run_info(run_dir) or {}
-        datasets = {}
+        datasets, paths = {}, {}
         for directory, path in files.items():
             content = read_metrics(path)
             datasets[content.get("dataset") or directory] = content
+            paths[content.get("dataset") or directory] = pathlib.Path(path)
         runs.append(RunMetrics(info.get("name", run_dir.name), info.get("row") or run_dir.name,
-                               run_dir, datasets))
+                               run_dir, datasets, paths))
     return runs
 
 
@@ -232,6 +234,33 @@ def report_markdown(root: str | pathlib.Path, table_ids: Sequence[str] = (), tit
     return "\n".join(parts)
 
 
+def write_html_report(out_path: str | pathlib.Path, runs: Sequence[RunMetrics],
+                      table_ids: Sequence[str] = (), dataset_map: Mapping[str, str] | None = None,
+                      title: str = "Experiment results") -> pathlib.Path:
+    """The experiment's report.html: one row per (run, dataset) with its mean metrics, a link to
+    the evaluation's own report.html, and the paper's numbers of the first table among
+    `table_ids` whose rows are datasets (none for demo runs, whose `dataset_map` stands one
+    dataset in for another)."""
+    from zsad_jax.evaluation import report
+
+    paper = {}
+    if not dataset_map:
+        for table_id in table_ids:
+            if paper_tables.get(table_id)["rows_are"] == "datasets":
+                paper = paper_tables.dataset_numbers(table_id)
+                break
+    entries = []
+    for run in runs:
+        for dataset, content in run.datasets.items():
+            numbers, label = paper.get(dataset, (None, ""))
+            page = run.files[dataset].parent / "report.html" if dataset in run.files else None
+            entries.append(report.ExperimentEntry(
+                run=run.name, dataset=dataset, mean=content["mean"],
+                report=page if page is not None and page.is_file() else None,
+                paper=numbers, paper_label=label))
+    return report.write_experiment_report(out_path, entries, title=title)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.aggregate",
@@ -245,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="compare our dataset OURS with the paper's PAPER (e.g. mvtec=synthetic "
                              "for demo runs; repeatable)")
     parser.add_argument("--out", default="", help="write the markdown here (default: stdout)")
+    parser.add_argument("--html", default="", help="also write the HTML index of the runs' "
+                        "reports here (e.g. ROOT/report.html)")
     args = parser.parse_args(argv)
     dataset_map = {}
     for item in args.dataset_map:
@@ -254,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset_map[paper] = ours
     try:
         text = report_markdown(args.root, args.table, dataset_map=dataset_map)
+        if args.html:
+            html = write_html_report(args.html, collect(args.root), args.table, dataset_map)
+            print(f"wrote {html}", file=sys.stderr)
     except (FileNotFoundError, MetricsFileError, paper_tables.PaperTableError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

@@ -76,7 +76,9 @@ def run_grid(grid: Grid, args: argparse.Namespace) -> bool:
         out = root / "results.md"
         out.write_text(aggregate.report_markdown(root, grid.tables, title=f"Grid {grid.name}",
                                                  dataset_map=grid.dataset_map))
-        print(f"results: {out}", flush=True)
+        html = aggregate.write_html_report(root / "report.html", aggregate.collect(root),
+                                           grid.tables, grid.dataset_map, title=f"Grid {grid.name}")
+        print(f"results: {out}, {html}", flush=True)
     return not any(r.status == "failed" for r in results)
 
 

@@ -177,3 +177,22 @@ def test_paper_rows_name_zsad_jax_datasets_and_classes():
         if table["rows_are"] == "classes":
             classes = {r["key"] for r in table["rows"]} - {"mean"}
             assert classes == set(data.DATASETS[table["dataset"]].classes), table_id
+
+
+def test_html_index_links_reports_and_shows_the_papers_numbers(ablation_runs):
+    """The experiment's report.html: a row per (run, dataset), the paper's number of a 'datasets'
+    table under ours (sgnet.cross_dataset: MVTec-AD image AUROC 93.5), links to existing reports."""
+    runs = aggregate.collect(ablation_runs)
+    page_of_gin = runs[[r.name for r in runs].index("gin-visa_to_mvtec")].files["mvtec"].parent
+    (page_of_gin / "report.html").write_text("<html></html>")
+    out = aggregate.write_html_report(ablation_runs / "report.html", runs,
+                                      ("sgnet.ablation", "sgnet.cross_dataset"))
+    page = out.read_text()
+    assert page.count("<tr><td>") == 3                       # three (run, dataset) rows
+    assert "92.3<br><small>paper 93.5" in page               # gin on MVTec-AD: 0.9234 vs 93.5
+    assert 'href="gin-visa_to_mvtec/eval/step_7/mvtec/report.html"' in page
+    assert page.count("report</a>") == 1                     # only existing reports are linked
+    # Demo runs (one dataset standing in for another) get no paper numbers.
+    demo = aggregate.write_html_report(ablation_runs / "demo.html", runs, ("sgnet.cross_dataset",),
+                                       dataset_map={"mvtec": "synthetic"}).read_text()
+    assert "paper" not in demo.split("<table", 1)[1]

@@ -68,6 +68,10 @@ def test_tiny_grid_produces_the_runs_and_the_table(tiny_grid_root):
     assert "| Full (GIN + GPR) | full | " in table
     assert "| Baseline only (w/o GIN/GPR) | - | n/a | 91.1 | - |" in table
     assert "| gin | synthetic | 28 |" in table       # all-results table: 28 held-out images
+    index = (tiny_grid_root / "report.html").read_text()  # the experiment's page: each run's report
+    for name in ("gin", "full"):
+        report = next((tiny_grid_root / name / "eval").glob("step_*/synthetic/report.html"))
+        assert f'href="{report.relative_to(tiny_grid_root).as_posix()}"' in index
 
 
 def test_finished_runs_are_not_started_again(tiny_grid_root, capsys):
