@@ -5,9 +5,12 @@
     python experiments/benchmarks/train_step.py --config sgnet.py:demo --mode both --iters 2 \
         --override backbones.clip.arch=clip-vit-b16 --override backbones.clip.image_size=448 \
         --override "backbones.clip.layers=(6,12)"
-    # accelerator: the real methods at paper size, random weights, bf16 compute
+    # the real methods at paper size, random weights, batch 1 and 8, fp32 and bf16 (an H200:
+    # 989 dense bf16 TFLOP/s, 67 fp32 without TF32; give the right peak per dtype for MFU)
     python experiments/benchmarks/train_step.py --config sgnet.py --config ssvp.py \
-        --config visualad.py --paper --compute_dtype bfloat16 --mode step
+        --config visualad.py --config anomalyclip.py --paper --batch 1 --batch 8 \
+        --compute_dtype float32 --compute_dtype bfloat16 --mode step --iters 5 \
+        --peak_tflops bfloat16=989 --peak_tflops float32=67
 
 `--mode step`: seconds per compiled step on a fixed device batch (no input pipeline): the full
 step (backbone forward + trainable part + update) and, for methods with
@@ -16,6 +19,11 @@ batch. `--mode epoch`: `zsad_jax.training.loop.train` on the synthetic protocol 
 epochs with `feature_cache` off and on; per-epoch wall time after the first epoch from the
 per-step timestamps of metrics.jsonl (cache build time reported separately).
 `--paper`: the config's own backbones with random init (`weights=""`), no files needed.
+Each step row reports the remat policy that ran (`--remat auto` chooses by memory like the train
+loop), the compiled step's TFLOP/s (XLA's FLOP count over the measured time), MFU with
+`--peak_tflops`, XLA's buffer-assignment memory (`compiled_gib`) and the measured peak
+(`peak_gib`: the accelerator's peak bytes in use, or the process's peak RSS on a CPU host: a
+running maximum over the whole run, so only the first row of a process is that row's own).
 Prints one markdown table row per measurement.
 """
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import tempfile
@@ -68,13 +77,44 @@ def _time(fn, iters: int) -> tuple[float, float]:
     return first, (time.perf_counter() - start) / iters
 
 
-def bench_step(spec: str, config, iters: int, with_cache: bool = True) -> list[dict]:
-    """Rows of the full step's timing, and (with_cache, for methods that support it) of the
-    feature extraction and of the step from cached features."""
+def _compiled_stats(fn, *args) -> dict:
+    """FLOPs and memory of the compiled function (XLA's cost and buffer analyses). `jax.jit`
+    reuses this compilation for the calls that follow."""
+    from zsad_jax.training import memory
+
+    compiled = fn.lower(*args).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"flops": float((cost or {}).get("flops", 0.0)) or None,
+            "compiled_gib": memory.peak_bytes(compiled) / memory.GIB}
+
+
+def _peak_memory_gib() -> float | None:
+    """The accelerator's peak bytes in use, or on a CPU host the process's peak RSS, in GiB."""
+    import resource
+
     import jax
 
-    from zsad_jax import devices, methods
-    from zsad_jax.training import optimizer, state, step
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def bench_step(spec: str, config, iters: int, with_cache: bool = True,
+               peak_tflops: float = 0.0) -> list[dict]:
+    """Rows of the full step's timing, and (with_cache, for methods that support it) of the
+    feature extraction and of the step from cached features.
+
+    Each row has the remat policy that ran (`train.remat="auto"` is resolved by
+    `training.memory.choose_remat`, as the train loop does), the compiled step's FLOPs and memory,
+    the peak memory measured while it ran, and with `peak_tflops` (the device's dense peak in the
+    compute dtype) the model FLOPs utilization.
+    """
+    import jax
+
+    from zsad_jax import config_lib, devices, methods
+    from zsad_jax.training import memory, optimizer, state, step
 
     method = methods.build(config)
     mesh = devices.make_mesh()
@@ -87,40 +127,69 @@ def bench_step(spec: str, config, iters: int, with_cache: bool = True) -> list[d
     batch_size = int(config.data.batch_size)
     host = _batch(method, batch_size, np.random.default_rng(0))
     batch = devices.to_device(method, host, mesh)
+    common = dict(config=spec, batch=batch_size, dtype=str(config.train.compute_dtype))
     rows = []
+
+    def with_rates(row, per, flops):
+        row.update(step_s=per, images_per_s=batch_size / per, peak_gib=_peak_memory_gib())
+        if flops:
+            row["tflops_per_s"] = flops / per / 1e12
+            if peak_tflops:
+                row["mfu"] = flops / per / 1e12 / peak_tflops
+        return row
 
     def run(from_features, device_batch, feature_dtypes=None):
         terms = step.loss_term_names(method, layout, from_features, trainable, frozen,
                                      device_batch)
         st = jax.jit(lambda t: state.init_state(t, tx, jax.random.PRNGKey(1), terms),
                      out_shardings=devices.replicated(mesh))(trainable)
-        fn = step.make_train_step(method, layout, tx, terms, mesh, from_features, feature_dtypes)
+
+        def build(policy):
+            built = method if policy == method.remat_policy else methods.build(
+                config_lib.with_values(config, {"train.remat": policy}))
+            return built, step.make_train_step(built, layout, tx, terms, mesh, from_features,
+                                               feature_dtypes)
+
+        start = time.perf_counter()
+        policy = config.train.remat
+        if policy == "auto" and not from_features:
+            _, built, fn, _ = memory.choose_remat(build, (st, frozen, device_batch))
+            policy = built.remat_policy
+        else:
+            policy = method.remat_policy
+            fn = build(policy)[1]
+        stats = _compiled_stats(fn, st, frozen, device_batch)
+        compile_s = time.perf_counter() - start
         holder = {"state": st}
 
         def call():
             holder["state"], metrics = fn(holder["state"], frozen, device_batch)
             return metrics["loss"]
 
-        return _time(call, iters)
+        _, per = _time(call, iters)
+        return compile_s, per, {"remat": policy if not from_features else "-", **stats}
 
-    first, per = run(False, batch)
-    rows.append(dict(config=spec, what="full step", batch=batch_size, compile_s=first,
-                     step_s=per, images_per_s=batch_size / per))
+    first, per, stats = run(False, batch)
+    full = with_rates(dict(common, what="full step", compile_s=first, **stats), per,
+                      stats["flops"])
+    rows.append(full)
     if with_cache and method.supports_feature_cache:
         feature_fn = step.make_feature_fn(method, layout, mesh)
-        f_first, f_per = _time(lambda: feature_fn(trainable, frozen, batch), iters)
-        rows.append(dict(config=spec, what="feature extraction (cache build, per batch)",
-                         batch=batch_size, compile_s=f_first, step_s=f_per,
-                         images_per_s=batch_size / f_per))
+        start = time.perf_counter()
+        f_stats = _compiled_stats(feature_fn, trainable, frozen, batch)
+        f_first = time.perf_counter() - start
+        _, f_per = _time(lambda: feature_fn(trainable, frozen, batch), iters)
+        rows.append(with_rates(dict(common, what="feature extraction (cache build, per batch)",
+                                    compile_s=f_first, remat="-", **f_stats), f_per,
+                               f_stats["flops"]))
         features = feature_fn(trainable, frozen, batch)
         dtypes = tuple(x.dtype for x in jax.tree_util.tree_leaves(features))
         without_images = {k: v for k, v in host.items() if k != "images"}
         cached = {**devices.to_device(method, without_images, mesh),
                   "features": jax.tree_util.tree_map(lambda x: x.astype("bfloat16"), features)}
-        c_first, c_per = run(True, cached, dtypes)
-        rows.append(dict(config=spec, what="step from cached features", batch=batch_size,
-                         compile_s=c_first, step_s=c_per, images_per_s=batch_size / c_per,
-                         speedup=per / c_per))
+        c_first, c_per, c_stats = run(True, cached, dtypes)
+        rows.append(with_rates(dict(common, what="step from cached features", compile_s=c_first,
+                                    speedup=per / c_per, **c_stats), c_per, c_stats["flops"]))
     return rows
 
 
@@ -172,8 +241,17 @@ def main() -> None:
                         help="config override key=value (repeatable), applied to every config")
     parser.add_argument("--paper", action="store_true",
                         help="random-init the configs' own (paper-size) backbones")
-    parser.add_argument("--compute_dtype", default="float32",
-                        choices=("float32", "bfloat16"))
+    parser.add_argument("--compute_dtype", action="append", choices=("float32", "bfloat16"),
+                        help="compute dtype (repeatable; default float32)")
+    parser.add_argument("--batch", action="append", type=int,
+                        help="per-step batch size (repeatable; default: the config's)")
+    parser.add_argument("--remat", choices=("none", "dots", "full", "auto"), default=None,
+                        help="train.remat for every config (default: the config's)")
+    parser.add_argument("--no_cache", action="store_true",
+                        help="step mode: the full step only (no feature-cache rows)")
+    parser.add_argument("--peak_tflops", action="append", default=[],
+                        help="DTYPE=TFLOPS: the device's dense peak in that compute dtype "
+                             "(repeatable; adds MFU), e.g. bfloat16=989")
     parser.add_argument("--mode", default="step", choices=("step", "epoch", "both"))
     parser.add_argument("--iters", type=int, default=10, help="timed steps (step mode)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs (epoch mode), >= 2")
@@ -183,16 +261,27 @@ def main() -> None:
     import jax
 
     print(f"# {platform.node()} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
-          f"jax {jax.__version__} | compute {args.compute_dtype}")
+          f"jax {jax.__version__} | load average {os.getloadavg()[0]:.1f}")
+    peaks = {k: float(v) for k, _, v in (p.partition("=") for p in args.peak_tflops)}
     rows = []
     for spec in args.config:
-        config = _config(spec, args.paper, args.override, args.compute_dtype)
-        if args.mode in ("step", "both"):
-            rows += bench_step(spec, config, args.iters)
-        if args.mode in ("epoch", "both"):
-            rows += bench_epochs(spec, config, args.epochs)
-    keys = ["config", "what", "batch", "compile_s", "step_s", "images_per_s", "steps_per_epoch",
-            "total_s", "epoch_s", "speedup"]
+        for dtype in args.compute_dtype or ["float32"]:
+            for batch in args.batch or [None]:
+                config = _config(spec, args.paper, args.override, dtype)
+                if batch:
+                    config.data.batch_size = batch
+                if args.remat:
+                    config.train.remat = args.remat
+                if args.mode in ("step", "both"):
+                    rows += bench_step(spec, config, args.iters, with_cache=not args.no_cache,
+                                       peak_tflops=peaks.get(dtype, 0.0))
+                if args.mode in ("epoch", "both"):
+                    rows += bench_epochs(spec, config, args.epochs)
+                print(f"# done {spec} {dtype} batch {config.data.batch_size} "
+                      f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+    keys = ["config", "what", "batch", "dtype", "remat", "compile_s", "step_s", "images_per_s",
+            "tflops_per_s", "mfu", "compiled_gib", "peak_gib", "steps_per_epoch", "total_s",
+            "epoch_s", "speedup"]
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:
