@@ -1,8 +1,9 @@
 """Transformer building blocks shared by CLIP and DINO: attention, MLPs, pre-LN block, tapping.
 
-Attention goes through `jax.nn.dot_product_attention` (cuDNN fused kernel on GPUs). The optional
-V-V path (AnomalyCLIP's DPAM) runs `softmax(v v^T / sqrt(hd)) v` next to the normal attention with
-the same projections; see `run_blocks`.
+Attention is `attention.attention` (cuDNN's fused kernel on GPUs in bf16/fp16, elsewhere XLA
+with a backward that keeps only the probabilities). The optional V-V path (AnomalyCLIP's DPAM)
+runs `softmax(v v^T / sqrt(hd)) v` next to the normal attention with the same projections; see
+`run_blocks`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zsad_jax.backbones.attention import attention
 from zsad_jax.backbones.config import BackboneConfig
 from zsad_jax.backbones.rope import apply_rope
 
@@ -59,11 +61,11 @@ class Attention(nn.Module):
         out_proj = dense("out", self.proj_bias)
         vv = None
         if with_vv:  # DPAM: value-value attention, no RoPE, no mask
-            vv = jax.nn.dot_product_attention(v, v, v).reshape(b, t, self.width)
+            vv = attention(v, v, v).reshape(b, t, self.width)
             vv = out_proj(vv)
         if rope is not None:
             q, k = apply_rope(q, rope[0], rope[1]), apply_rope(k, rope[0], rope[1])
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+        out = attention(q, k, v, causal=self.causal)
         return out_proj(out.reshape(b, t, self.width)), vv
 
 

@@ -53,8 +53,8 @@ class Evaluator:
 
     config: the run's config (its `eval` section and `data.eval_batch_size` are read); mesh: the
     device mesh (default: all devices); paper: {dataset: ({metric: percent}, label)} of the
-    paper's tables for the report (default: the rows of `config.eval.paper_table`); tag: the suffix of the results folders (a config other than
-    the run's own).
+    paper's tables for the report (default: the rows of `config.eval.paper_table`); tag: the
+    suffix of the results folders (a config other than the run's own).
     """
 
     def __init__(self, config, mesh=None, *, progress: bool = True, overwrite: bool = False,

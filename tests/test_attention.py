@@ -1,0 +1,63 @@
+"""The towers' attention ("probs": a hand-written backward keeping only the probabilities) equals
+jax's XLA reference in values and gradients, causal or not, in fp32 and bf16."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.ad_checkpoint import print_saved_residuals
+
+from tests.numerics import assert_trees_close, relative_error
+from zsad_jax.backbones.attention import attention
+
+
+def _inputs(dtype, t=37, heads=4, hd=16, b=2):
+    keys = jax.random.split(jax.random.key(0), 4)
+    q, k, v = (2 * jax.random.normal(kk, (b, t, heads, hd)).astype(dtype) for kk in keys[:3])
+    weights = jax.random.normal(keys[3], (b, t, heads, hd))      # a projection: well conditioned
+    return q, k, v, weights
+
+
+def _objective(impl, causal, weights):
+    return lambda q, k, v: jnp.sum(attention(q, k, v, causal, impl).astype(jnp.float32) * weights)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_probs_attention_equals_the_reference(causal, dtype, rtol):
+    q, k, v, weights = _inputs(dtype)
+    ours = jax.jit(lambda *a: attention(*a, causal, "probs"))(q, k, v)
+    ref = jax.jit(lambda *a: attention(*a, causal, "xla"))(q, k, v)
+    assert ours.dtype == ref.dtype == dtype
+    assert relative_error(ours.astype(jnp.float32), ref.astype(jnp.float32)) < rtol
+    grads = jax.jit(jax.grad(_objective("probs", causal, weights), argnums=(0, 1, 2)))(q, k, v)
+    expected = jax.jit(jax.grad(_objective("xla", causal, weights), argnums=(0, 1, 2)))(q, k, v)
+    assert_trees_close(jax.tree.map(lambda x: x.astype(jnp.float32), expected),
+                       jax.tree.map(lambda x: x.astype(jnp.float32), grads), rtol=rtol,
+                       what=f"gradients causal={causal} {jnp.dtype(dtype).name}")
+
+
+def test_causal_attention_sees_no_later_token():
+    q, k, v, _ = _inputs(jnp.float32, t=8)
+    out = attention(q, k, v, causal=True, implementation="probs")
+    changed = v.at[:, 5:].set(100.0)
+    again = attention(q, k, changed, causal=True, implementation="probs")
+    assert relative_error(again[:, :5], out[:, :5]) < 1e-6
+    assert relative_error(again[:, 5:], out[:, 5:]) > 1e-2
+
+
+def test_backward_keeps_one_probability_matrix(capsys):
+    """Residuals for the backward: q, k, v and ONE (B, N, T, T) matrix (the reference keeps two)."""
+    q, k, v, weights = _inputs(jnp.float32, t=33)
+    for impl, expected in (("probs", 1), ("xla", 2)):
+        print_saved_residuals(_objective(impl, False, weights), q, k, v)
+        saved = capsys.readouterr().out
+        matrices = re.findall(r"\[(?:1,)?2,4,33,33\]", saved)      # (B, N, T, T) (xla: a group axis)
+        assert len(matrices) == expected, (impl, saved)
+
+
+def test_unknown_implementation_is_named():
+    q, k, v, _ = _inputs(jnp.float32, t=4)
+    with pytest.raises(ValueError, match="'flash'"):
+        attention(q, k, v, implementation="flash")
