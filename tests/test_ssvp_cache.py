@@ -65,11 +65,12 @@ def test_outputs_from_features_without_text_names_the_missing_key():
         jax.eval_shape(method.outputs_from_features, params, features, without)
 
 
-def test_cache_key_follows_the_clip_projection():
-    frozen = methods.build(config_lib.load_config("ssvp.py:demo"))
-    learned = methods.build(config_lib.load_config("ssvp.py:demo",
-                                                   {"model.clip_projection": "learned"}))
-    assert frozen.feature_cache_key() != learned.feature_cache_key()
+@pytest.mark.parametrize("key, value", [("model.clip_projection", "learned"),
+                                        ("model.dino_norm", "raw"), ("model.global_tokens", "layers")])
+def test_cache_key_follows_what_the_features_depend_on(key, value):
+    default = methods.build(config_lib.load_config("ssvp.py:demo"))
+    other = methods.build(config_lib.load_config("ssvp.py:demo", {key: value}))
+    assert default.feature_cache_key() != other.feature_cache_key()
 
 
 def test_cached_training_run(tmp_path):
@@ -88,8 +89,9 @@ def test_cached_training_run(tmp_path):
     grid, layers = method.grid, len(method.clip.layers)
     shapes = sorted(tuple(leaf["shape"]) for leaf in meta["leaves"])
     clip_dim, dino_dim = method.clip.arch.embed_dim, method.dino.arch.width
-    assert shapes == sorted([(layers, grid * grid, clip_dim), (clip_dim,),
-                             (layers, grid * grid, dino_dim), (dino_dim,)])
+    # Global tokens: one per backbone (CLIP's image embedding, DINO's class token).
+    assert shapes == sorted([(layers, grid * grid, clip_dim), (1, clip_dim),
+                             (layers, grid * grid, dino_dim), (1, dino_dim)])
     # The prompts were trained from the cache (gradients pass the frozen text tower).
     assert not np.allclose(result.params["head/prompts/state"],
                            np.asarray(init_head["prompts"]["state"]))

@@ -45,18 +45,23 @@ def _np_attn(q, k, v):
     return _np_softmax(q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])) @ v
 
 
-@pytest.mark.parametrize("fusion", ["atf", "concat"])
-def test_atf_matches_equations_2_to_5(fusion):
-    fc = RNG.normal(size=(2, 5, 12)).astype(np.float32)
-    fd = RNG.normal(size=(2, 5, 10)).astype(np.float32)
+@pytest.mark.parametrize("fusion, tokens", [("atf", 5), ("concat", 5), ("atf", 1)])
+def test_atf_matches_equations_2_to_5(fusion, tokens):
+    fc = RNG.normal(size=(2, tokens, 12)).astype(np.float32)
+    fd = RNG.normal(size=(2, tokens, 10)).astype(np.float32)
     mod = M.ATF(dim=8, mlp_hidden=16, fusion=fusion)
     p = _randomize(mod.init(jax.random.PRNGKey(0), fc, fd)["params"])
     out = np.asarray(mod.apply({"params": p}, fc, fd))
     W = {k: np.asarray(v["kernel"]) for k, v in p.items() if "kernel" in v and "norm" not in k}
-    if fusion == "atf":
+    if fusion == "atf" and tokens > 1:
         assert set(W) >= {"q_clip", "k_clip", "v_clip", "q_dino", "k_dino", "v_dino"}
         a_cd = _np_attn(fc @ W["q_clip"], fd @ W["k_dino"], fd @ W["v_dino"])   # eq. 3
         a_dc = _np_attn(fd @ W["q_dino"], fc @ W["k_clip"], fc @ W["v_clip"])
+    elif fusion == "atf":
+        # One token per side (the global pair): eq. 3's softmax weight is 1, Attn = V, and the
+        # W_Q, W_K that could never learn are not created.
+        assert set(W) == {"v_clip", "v_dino", "mlp_in", "mlp_out"}
+        a_cd, a_dc = fd @ W["v_dino"], fc @ W["v_clip"]
     else:  # ablation B: no attention parameters at all
         assert not {"q_clip", "k_clip", "q_dino", "k_dino"} & set(p)
         a_cd, a_dc = fc @ W["v_clip"], fd @ W["v_dino"]
@@ -66,6 +71,12 @@ def test_atf_matches_equations_2_to_5(fusion):
     h = _np_gelu(z @ W["mlp_in"] + np.asarray(p["mlp_in"]["bias"]))
     expected = fc + h @ W["mlp_out"] + np.asarray(p["mlp_out"]["bias"])           # eq. 5
     np.testing.assert_allclose(out, expected, atol=1e-5)
+    if fusion == "atf" and tokens == 1:      # the same function as the full eq. 3 with one key
+        full = {**p, **{k: {"kernel": jnp.asarray(RNG.normal(size=(n, 8)), jnp.float32)}
+                        for k, n in (("q_clip", 12), ("k_clip", 12), ("q_dino", 10), ("k_dino", 10))}}
+        a_cd1 = _np_attn(fc @ np.asarray(full["q_clip"]["kernel"]),
+                         fd @ np.asarray(full["k_dino"]["kernel"]), fd @ W["v_dino"])
+        np.testing.assert_allclose(a_cd1, a_cd, rtol=1e-6)
 
 
 def test_atf_rejects_mismatched_grids():
@@ -119,18 +130,40 @@ def test_vae_loss_equation_9():
         L.vae_loss(v, r, mu, lv, beta=0.1, reduction="median")
 
 
-def test_text_latent_attention_equation_10():
+@pytest.mark.parametrize("keys", ["project", "split"])
+def test_text_latent_attention_equation_10(keys):
     t = RNG.normal(size=(2, 6, 8)).astype(np.float32)
-    z = RNG.normal(size=(2, 3, 5)).astype(np.float32)
-    mod = M.TextLatentAttention(dim=4)
+    z = RNG.normal(size=(2, 12)).astype(np.float32)
+    mod = M.TextLatentAttention(dim=4, tokens=3, keys=keys)
     p = _randomize(mod.init(jax.random.PRNGKey(0), t, z)["params"])
-    out = mod.apply({"params": p}, t, z)
+    out = np.asarray(mod.apply({"params": p}, t, z))
     W = {k: np.asarray(v["kernel"]) for k, v in p.items()}
-    np.testing.assert_allclose(out, _np_attn(t @ W["q_text"], z @ W["k_latent"], z @ W["v_latent"]),
-                               atol=1e-5)
-    # One latent token: the softmax weight is 1, delta = z W_V for every prompt.
-    out1 = mod.apply({"params": p}, t, z[:, :1])
-    np.testing.assert_allclose(out1, np.broadcast_to(z[:, :1] @ W["v_latent"], out1.shape), atol=1e-5)
+    if keys == "project":            # K_z = z W_K, V_z = z W_V, each read as 3 tokens
+        k, v = (z @ W["k_latent"]).reshape(2, 3, 4), (z @ W["v_latent"]).reshape(2, 3, 8)
+    else:                            # z cut into 3 chunks of 4, each projected by W_K, W_V
+        k, v = z.reshape(2, 3, 4) @ W["k_latent"], z.reshape(2, 3, 4) @ W["v_latent"]
+    np.testing.assert_allclose(out, _np_attn(t @ W["q_text"], k, v), rtol=1e-5, atol=1e-6)
+    # Not degenerate: each prompt gets its own delta, and W_Q, W_K learn.
+    assert np.abs(out[:, 0] - out[:, 1]).max() > 1e-2 * np.abs(out).max()
+    grads = jax.grad(lambda q: (mod.apply({"params": q}, t, z) * t).sum())(p)
+    for name in ("q_text", "k_latent"):
+        assert np.linalg.norm(grads[name]["kernel"]) > 1e-3 * np.linalg.norm(grads["v_latent"]["kernel"])
+
+
+def test_text_latent_attention_with_one_token_has_no_query_or_key():
+    """One key/value token (z one vector): the softmax weight is 1, delta = z W_V for every prompt,
+    and W_Q, W_K (which could never get a gradient) are not created."""
+    t = RNG.normal(size=(2, 6, 8)).astype(np.float32)
+    z = RNG.normal(size=(2, 5)).astype(np.float32)
+    mod = M.TextLatentAttention(dim=4, tokens=1)
+    p = _randomize(mod.init(jax.random.PRNGKey(0), t, z)["params"])
+    assert set(p) == {"v_latent"}
+    out = mod.apply({"params": p}, t, z)
+    w_v = np.asarray(p["v_latent"]["kernel"])
+    np.testing.assert_allclose(out, np.broadcast_to((z @ w_v)[:, None], out.shape), rtol=1e-5)
+    w_qk = {n: RNG.normal(size=s).astype(np.float32) for n, s in (("q", (8, 4)), ("k", (5, 4)))}
+    np.testing.assert_allclose(out, _np_attn(t @ w_qk["q"], (z @ w_qk["k"])[:, None],
+                                             (z @ w_v)[:, None]), rtol=1e-5)   # eq. 10, 1 key
 
 
 def test_gated_injection_equation_11_and_alpha_zero_at_init():

@@ -5,8 +5,8 @@ The optimizer only ever sees the trainable parameters (a flat `{path: array}` di
 
 Schedules (`config.optim.schedule`), all with an optional linear warmup from 0 over `warmup_steps`:
 
-* ``"cosine"``: cosine decay from a group's `lr` to its floor `end` (SSVP, VisualAD: "cosine to
-  0.1*lr");
+* ``"cosine"``: cosine decay from a group's `lr` to its floor `end` (SSVP: "a cosine decay
+  scheduler", no floor stated, so 0; VisualAD's release: `eta_min = 0.1 * lr`);
 * ``"polynomial"``: `(lr - end) * (1 - t/T)^power + end` (SGNet: polynomial decay, power 1);
 * ``"constant"``: `lr`.
 
@@ -96,7 +96,7 @@ def make_schedule(optim: ml_collections.ConfigDict, peak_lr: float, total_update
     base = float(optim.lr) if optim.get("end_lr_of", "group") == "base" else peak_lr
     end_lr = base * float(optim.end_lr_factor)
     if optim.schedule == "cosine":
-        # SSVP / VisualAD: cosine decay from peak_lr to end_lr.
+        # SSVP, VisualAD: cosine decay from peak_lr to end_lr.
         def main(t):
             t = jnp.minimum(t, decay)
             return end_lr + (peak_lr - end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * t / decay))

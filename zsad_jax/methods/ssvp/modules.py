@@ -34,7 +34,11 @@ class ATF(nn.Module):
     """HSVS Adaptive Token Features fusion for one (CLIP, DINO) token pair (SSVP eqs. 2-5).
 
     clip (B, N, D_c), dino (B, N, D_d) -> V_syn (B, N, D_c). Used per tapped layer on the patch
-    tokens (local branch) and once on the class tokens (global branch, N = 1).
+    tokens (local branch) and once on the global tokens (global branch: N = 1, CLIP's image
+    embedding and DINO's class token; N = L, the tapped layers' class tokens, with
+    `model.global_tokens="layers"`).
+    With N = 1 eq. 3's softmax has a single key (weight 1): Attn_{c->d} = V_d, Attn_{d->c} = V_c
+    exactly, and W_Q, W_K could never learn, so they are not created.
     `fusion="concat"` is ablation model B: the two cross-attentions are removed and the projected
     values are concatenated instead (Z = [LN(F^c W_V^c) || LN(F^d W_V^d)]); everything else stays.
     """
@@ -52,11 +56,13 @@ class ATF(nn.Module):
         dense = lambda name: nn.Dense(self.dim, use_bias=False, name=name)
         v_d = dense("v_dino")(dino)                                    # eq. 2
         v_c = dense("v_clip")(clip)
-        if self.fusion == "atf":
+        if self.fusion == "atf" and clip.shape[-2] > 1:
             q_c, k_d = dense("q_clip")(clip), dense("k_dino")(dino)   # eq. 2
             q_d, k_c = dense("q_dino")(dino), dense("k_clip")(clip)
             clip_to_dino = cross_attention(q_c, k_d, v_d)              # eq. 3, Attn_{c->d}
             dino_to_clip = cross_attention(q_d, k_c, v_c)              # eq. 3, Attn_{d->c}
+        elif self.fusion == "atf":                                      # eq. 3 with one key
+            clip_to_dino, dino_to_clip = v_d, v_c
         else:                                                           # "concat" (model B)
             clip_to_dino, dino_to_clip = v_c, v_d
         joint = jnp.concatenate([nn.LayerNorm(name="norm_clip_to_dino")(clip_to_dino),
@@ -136,20 +142,34 @@ def reparameterize(mu: jnp.ndarray, logvar: jnp.ndarray, eps: jnp.ndarray) -> jn
 
 
 class TextLatentAttention(nn.Module):
-    """delta_inj = Softmax(Q_text K_z^T / sqrt(d_k)) V_z (SSVP eq. 10).
+    """delta_inj = Softmax(Q_text K_z^T / sqrt(d_k)) V_z, Q_text = T_init W_Q (SSVP eq. 10).
 
-    text (B, P, E), latent tokens (B, T, d_z) -> (B, P, E). With one latent token (T = 1, the
-    paper's z is one vector) the softmax weight is 1 and delta_inj = z W_V for every prompt.
+    text (B, P, E) = T_init of the P prompts, z (B, Z) -> delta_inj (B, P, E).
+    z gives `tokens` key/value tokens: "project": K_z = z W_K, V_z = z W_V with W_K (Z, T d_k),
+    W_V (Z, T E) read as T tokens; "split": z cut into T chunks (B, T, Z / T), each projected by
+    the same W_K (Z / T, d_k), W_V (Z / T, E). With T = 1 the softmax weight is 1 and
+    delta_inj = z W_V for every prompt: W_Q and W_K could never learn and are not created.
     """
 
     dim: int                 # d_k
+    tokens: int = 1          # T
+    keys: str = "project"    # "project" | "split"
 
     @nn.compact
-    def __call__(self, text: jnp.ndarray, latent_tokens: jnp.ndarray) -> jnp.ndarray:
-        q = nn.Dense(self.dim, use_bias=False, name="q_text")(text)
-        k = nn.Dense(self.dim, use_bias=False, name="k_latent")(latent_tokens)
-        v = nn.Dense(text.shape[-1], use_bias=False, name="v_latent")(latent_tokens)
-        return cross_attention(q, k, v)
+    def __call__(self, text: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
+        b, t, e = z.shape[0], self.tokens, text.shape[-1]
+        dense = lambda n, name: nn.Dense(n, use_bias=False, name=name)
+        if t == 1:
+            return jnp.broadcast_to(dense(e, "v_latent")(z)[:, None], text.shape)
+        if self.keys == "split":
+            chunks = z.reshape(b, t, z.shape[-1] // t)
+            k, v = dense(self.dim, "k_latent")(chunks), dense(e, "v_latent")(chunks)
+        elif self.keys == "project":
+            k = dense(t * self.dim, "k_latent")(z).reshape(b, t, self.dim)
+            v = dense(t * e, "v_latent")(z).reshape(b, t, e)
+        else:
+            raise ValueError(f"config.model.latent_keys={self.keys!r}: use 'project' or 'split'")
+        return cross_attention(dense(self.dim, "q_text")(text), k, v)
 
 
 class GatedInjection(nn.Module):
