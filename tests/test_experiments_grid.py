@@ -75,8 +75,8 @@ def test_sgnet_ablation_grid_expands_to_rows_times_protocols():
     for run in grid.runs:
         config = config_lib.load_config(run.config, run.overrides)
         variant = config_lib.load_config(f"sgnet.py:{run.row}")
-        protocol = run.name.rpartition("-")[2]
-        variant.data.protocol = protocol
+        protocol_variant = run.name.rpartition("-")[2]
+        variant.data.protocol = config_lib.load_config(f"sgnet.py:{protocol_variant}").data.protocol
         assert config.to_dict() == variant.to_dict(), run.name
     assert grid.tables == ("sgnet.ablation",)
 

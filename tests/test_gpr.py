@@ -1,4 +1,4 @@
-"""GPR losses (zsad_jax/losses/gpr.py): exact W2 against independent computations, properties."""
+"""GPR losses (zsad_jax/methods/sgnet/gpr.py): exact W2 against independent computations, properties."""
 
 import dataclasses
 
@@ -139,7 +139,7 @@ def test_equilibrium_energy_modes_hand_checked():
 # Every mode of every option appears at least once.
 OPTION_SETS = [
     gpr.GPROptions(),
-    gpr.GPROptions(w2="energy", equilibrium_energy="free", w2_squared=True),
+    gpr.GPROptions(w2="energy", equilibrium_energy="expected", w2_squared=True),
     gpr.GPROptions(w2="gaussian", equilibrium_energy="pooled", responsibility="pooled",
                    energy_temperature=0.5),
 ]
@@ -179,14 +179,18 @@ def test_gpr_invariant_to_feature_scale_when_normalized_and_not_otherwise():
 
 
 def test_gpr_formula_with_one_graviton_hand_assembled():
-    # N = 1: a_v = a_t = 1, so L_att = 2 W2 / 1 and L_equ = 2 |E_v - E_t|.
+    # N = 1: a_v = a_t = 1, so L_att = 2 W2 / 1 and L_equ = 2 |F_v - F_t| with the default
+    # energy of a token set, the free energy F = -log mean_j exp(-E_j) (the Highlights' "free
+    # energy difference for balancing").
     f_v, f_t, g = _inputs(2, n=1)
     options = gpr.GPROptions(w2="energy", normalize=False)
+    assert options.equilibrium_energy == "free"
     fv, ft, gg = (np.asarray(t, np.float64) for t in (f_v, f_t, g))
     e_v, e_t = ((fv - gg) ** 2).sum(-1), ((ft - gg) ** 2).sum(-1)
     p_v, p_t = np.exp(-e_v + e_v.min()), np.exp(-e_t + e_t.min())
     w2 = np.sqrt(exact_ot_squared(e_v, p_v, e_t, p_t))
-    equ = abs((p_v / p_v.sum()) @ e_v - (p_t / p_t.sum()) @ e_t)
+    free = lambda e: e.min() - np.log(np.mean(np.exp(-(e - e.min()))))
+    equ = abs(free(e_v) - free(e_t))
     total, terms = gpr.gpr_loss(f_v, f_t, g, options)
     np.testing.assert_allclose(terms["att"], 2 * w2, rtol=1e-4)
     np.testing.assert_allclose(terms["equ"], 2 * equ, rtol=1e-4)

@@ -4,16 +4,24 @@ Each class is one texture (`skimage.data`); normal images are random crops (rand
 90-degree rotation) tinted with the class colour. Four procedural anomaly types, each with a
 pixel-exact mask (exactly the pixels that were changed):
 
-* perlin:     a region shaped by thresholded smooth (Perlin-like) noise shows another texture;
-* scratch:    a thin random polyline of a light or dark colour;
+* perlin:     a blob shaped by thresholded smooth (Perlin-like) noise shows a foreign pattern:
+              stripes between a light and a dark colour;
+* scratch:    a thick random polyline, black or white (whichever contrasts with the pixels under it);
 * cut_paste:  a rectangle cut from elsewhere in the image, flipped and brightened, pasted;
-* color_spot: a filled ellipse blended with a random colour.
+* color_spot: a filled ellipse of an opaque, bright, saturated colour.
+
+The anomalies are meant to be learnable from three classes and detectable on the two held-out
+ones by a tiny random backbone (the demos): none of them reuses another class's texture (a class
+texture is normal for its own class), each spans at least about one 8-pixel patch of a 64-pixel
+input, and each differs from every texture in contrast, colour or pattern, whatever the class.
+Sizes are fractions of `image_size`.
 
 Deterministic given the seed (numpy Generator + PIL PNG writer); about a second for the default.
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 import pathlib
 import shutil
@@ -32,7 +40,7 @@ TEXTURES = {
 DEFECTS = ("perlin", "scratch", "cut_paste", "color_spot")
 MARKER = "SYNTHETIC.json"
 DEFAULTS = dict(image_size=128, num_train=6, num_test_good=6, num_per_defect=2)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: anomalies that a tiny random backbone can learn
 
 
 def _texture(name: str) -> np.ndarray:
@@ -64,46 +72,70 @@ def _crop(texture: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarra
 
 
 def _smooth_noise(size: int, rng: np.random.Generator) -> np.ndarray:
-    """(size, size) smooth noise: sum of bicubic-upsampled random grids (Perlin-like octaves)."""
+    """(size, size) smooth noise: sum of bicubic-upsampled random grids (two coarse Perlin-like
+    octaves, so that thresholding gives blobs rather than speckle)."""
     total = np.zeros((size, size), np.float32)
-    for cells, weight in ((3, 1.0), (6, 0.5), (12, 0.25)):
+    for cells, weight in ((3, 1.0), (6, 0.5)):
         grid = rng.standard_normal((cells, cells)).astype(np.float32)
         up = Image.fromarray(grid).resize((size, size), Image.Resampling.BICUBIC)
         total += weight * np.asarray(up)
     return total
 
 
-def _perlin(image, other, rng):
+def _hsv_colour(rng: np.random.Generator, saturation, value) -> np.ndarray:
+    """(3,) RGB of a random hue with saturation and value drawn uniformly from the given ranges."""
+    hue, sat, val = rng.uniform(), rng.uniform(*saturation), rng.uniform(*value)
+    return np.asarray(colorsys.hsv_to_rgb(hue, sat, val), np.float32)
+
+
+def _stripes(size: int, rng: np.random.Generator) -> np.ndarray:
+    """(size, size, 3) stripes of random orientation between a light and a dark colour; the period
+    is 6-12 pixels at size 128 (3-6 at the demos' 64-pixel input)."""
+    period = rng.uniform(6, 12) * size / 128
+    theta = rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    light = (np.floor((xx * np.cos(theta) + yy * np.sin(theta)) / period) % 2).astype(bool)
+    colours = _hsv_colour(rng, (0, 0.6), (0.85, 1.0)), _hsv_colour(rng, (0, 0.6), (0, 0.2))
+    return np.where(light[..., None], *colours)
+
+
+def _perlin(image, rng):
     noise = _smooth_noise(image.shape[0], rng)
-    mask = noise > np.quantile(noise, 1.0 - rng.uniform(0.04, 0.15))
-    beta = rng.uniform(0.6, 1.0)
+    mask = noise > np.quantile(noise, 1.0 - rng.uniform(0.08, 0.2))
+    beta = rng.uniform(0.8, 1.0)
+    pattern = _stripes(image.shape[0], rng)
     out = image.copy()
-    out[mask] = (1 - beta) * image[mask] + beta * other[mask]
+    out[mask] = (1 - beta) * image[mask] + beta * pattern[mask]
     return out, mask
 
 
-def _scratch(image, other, rng):
+def _scratch(image, rng):
+    from scipy.ndimage import binary_dilation
     from skimage.draw import line
 
     size = image.shape[0]
+    # A polyline of 2-4 points, at least size / 3 long (a few redraws at most).
+    for _ in range(10):
+        points = rng.integers(size // 8, size - size // 8, size=(int(rng.integers(2, 5)), 2))
+        if np.linalg.norm(np.diff(points, axis=0), axis=1).sum() >= size / 3:
+            break
     mask = np.zeros((size, size), bool)
-    points = rng.integers(size // 8, size - size // 8, size=(int(rng.integers(2, 5)), 2))
     for (r0, c0), (r1, c1) in zip(points[:-1], points[1:], strict=True):
         rr, cc = line(int(r0), int(c0), int(r1), int(c1))
         mask[rr, cc] = True
-    if rng.random() < 0.5:  # 2 px wide
-        mask[1:] |= mask[:-1].copy()
+    width = max(1, round(rng.uniform(size / 40, size / 25)))         # 3-5 px at 128
+    mask = binary_dilation(mask, np.ones((width, width), bool))
     out = image.copy()
-    out[mask] = 0.95 if rng.random() < 0.5 else 0.05
+    out[mask] = 0.05 if image[mask].mean() > 0.5 else 0.95          # contrasting black or white
     return out, mask
 
 
-def _cut_paste(image, other, rng):
+def _cut_paste(image, rng):
     size = image.shape[0]
-    h, w = (int(v) for v in rng.integers(size // 8, size // 4, size=2))
+    h, w = (int(v) for v in rng.integers(size // 5, size // 3, size=2))
     sy, sx = (int(v) for v in rng.integers(0, size - max(h, w), size=2))
     ty, tx = (int(v) for v in rng.integers(0, size - max(h, w), size=2))
-    patch = np.clip(image[sy:sy + h, sx:sx + w][::-1, ::-1] * rng.uniform(1.2, 1.5) + 0.05, 0, 1)
+    patch = np.clip(image[sy:sy + h, sx:sx + w][::-1, ::-1] * rng.uniform(1.4, 1.8) + 0.1, 0, 1)
     out = image.copy()
     out[ty:ty + h, tx:tx + w] = patch
     mask = np.zeros((size, size), bool)
@@ -111,18 +143,17 @@ def _cut_paste(image, other, rng):
     return out, mask
 
 
-def _color_spot(image, other, rng):
+def _color_spot(image, rng):
     from skimage.draw import ellipse
 
     size = image.shape[0]
     r, c = rng.integers(size // 5, size - size // 5, size=2)
-    rr, cc = ellipse(int(r), int(c), rng.uniform(size / 20, size / 8), rng.uniform(size / 20, size / 8),
+    rr, cc = ellipse(int(r), int(c), rng.uniform(size / 12, size / 6), rng.uniform(size / 12, size / 6),
                      shape=(size, size), rotation=rng.uniform(0, np.pi))
     mask = np.zeros((size, size), bool)
     mask[rr, cc] = True
-    colour = rng.uniform(0, 1, size=3).astype(np.float32)
     out = image.copy()
-    out[mask] = 0.3 * image[mask] + 0.7 * colour
+    out[mask] = _hsv_colour(rng, (0.8, 1.0), (0.95, 1.0))
     return out, mask
 
 
@@ -175,7 +206,7 @@ def make_synthetic(root, seed: int = 0, *, image_size: int = DEFAULTS["image_siz
     (root / MARKER).unlink(missing_ok=True)
     for name in classes:
         shutil.rmtree(root / name, ignore_errors=True)
-    textures = {name: _texture(name) for name in TEXTURES}
+    textures = {name: _texture(name) for name in classes}
     for k, name in enumerate(classes):
         rng = np.random.default_rng([seed, k])
         for i in range(num_train):
@@ -184,12 +215,9 @@ def make_synthetic(root, seed: int = 0, *, image_size: int = DEFAULTS["image_siz
         for i in range(num_test_good):
             _save(root / name / "test" / "good" / f"{i:03d}.png",
                   _crop(textures[name], image_size, rng))
-        others = [t for t in TEXTURES if t != name]
         for defect in DEFECTS:
             for i in range(num_per_defect):
-                image = _crop(textures[name], image_size, rng)
-                other = _crop(textures[others[int(rng.integers(len(others)))]], image_size, rng)
-                out, mask = _ANOMALIES[defect](image, other, rng)
+                out, mask = _ANOMALIES[defect](_crop(textures[name], image_size, rng), rng)
                 _save(root / name / "test" / defect / f"{i:03d}.png", out)
                 _save(root / name / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
     (root / MARKER).write_text(json.dumps(spec))

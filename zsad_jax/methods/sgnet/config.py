@@ -17,9 +17,14 @@ from zsad_jax.methods.sgnet.gpr import GPROptions
 class Model(Section):
     num_gravitons: int = 20             # N learnable semantic gravitons
     num_stages: int = 4                 # K GIN stages
-    gin: bool = True                    # False: the ablation baseline (no graviton interaction)
-    # "per_stage": stage i is fed tapped layer i | "fused": all taps fused into F_0
-    visual_input: Literal["per_stage", "fused"] = "per_stage"
+    gin: bool = True                    # False: the ablation baseline (no gravitons; text scores patches)
+    # the baseline's patch tokens: "clip" = CLIP ln_post + proj of each tapped layer (AnomalyCLIP)
+    # | "decoded" = X of the GIN rows' trainable projections and decoder
+    baseline_tokens: Literal["clip", "decoded"] = "clip"
+    text_tau: float = 0.07              # baseline: Softmax([cos_nor, cos_abn] / tau) (AnomalyCLIP's 0.07)
+    # "fused": all tapped layers fused into F_0 ("multi-layer features F_0") | "per_stage": tapped
+    # layer i is added to stage i's input
+    visual_input: Literal["fused", "per_stage"] = "fused"
     visual_dims: tuple[int, ...] = ()   # C_v^0..C_v^K (K + 1 sizes); () = C_l everywhere
     decoder_dim: int = 0                # channels of X; 0 = C_l
     decoder: Literal["sum", "concat"] = "sum"   # hierarchical decoding: top-down sum | one Dense
@@ -44,6 +49,7 @@ class Model(Section):
                      f"expected () or K + 1 = {self.num_stages + 1} sizes (C_v^0..C_v^K)")
         self.require(where, "decoder_dim", self.decoder_dim >= 0, "expected >= 0 (0 = C_l)")
         self.require(where, "topk_fraction", 0 < self.topk_fraction <= 1, "expected a value in (0, 1]")
+        self.require(where, "text_tau", self.text_tau > 0, "expected > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +69,9 @@ class GPR(GPROptions):
     """`config.gpr`: the loss options of `gpr.GPROptions` plus how the method feeds them."""
 
     lambda_grav: float = 0.6            # L_total = L_seg + L_cls + lambda_grav L_grav
-    # f_v: "clip" (CLIP ln_post + proj of the stage's tapped layer) | "stage" (the stage's tokens)
-    visual_tokens: Literal["clip", "stage"] = "clip"
+    # f_v: "stage" (stage i's updated visual tokens through its Proj: trainable, GPR pulls them)
+    # | "clip" (CLIP ln_post + proj of the stage's tapped layer: frozen, GPR cannot move them)
+    visual_tokens: Literal["stage", "clip"] = "stage"
     stages: Literal["all", "last"] = "all"      # GPR on every stage's gravitons (averaged) | last
 
     def check(self, where):

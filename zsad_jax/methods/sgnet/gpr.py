@@ -20,7 +20,7 @@ Interpretations of what the summary leaves open (each is a `GPROptions` field, i
   only free index is the token of f_v. So f_v is the SET of visual (patch) tokens of one image and f_t
   the set of text tokens (the normal and abnormal prompt embeddings, T = 2); the softmax runs over
   the tokens of one modality. Which visual tokens feed GPR is chosen by the method
-  (`zsad_jax/methods/sgnet.py`, `gpr.visual_tokens`).
+  (`zsad_jax/methods/sgnet/method.py`, `gpr.visual_tokens`).
 * `normalize` (True | False): tokens and gravitons are L2-normalized first (CLIP compares
   normalized embeddings; without it ||f - g||^2 of raw 768-d features makes every softmax one-hot).
 * `responsibility` ("token_mean" | "pooled"): "a_{v,n} = exp(sim(f_v, g_n)/tau)/sum_m ...".
@@ -40,11 +40,14 @@ Interpretations of what the summary leaves open (each is a `GPROptions` field, i
     exact closed form for those Gaussians (`w2_diag_gaussian`).
 * `w2_squared` (False | True): the summary writes W2 (the distance, not its square). Its square
   root has an infinite slope at 0; `safe_sqrt` returns gradient 0 there instead.
-* `equilibrium_energy` ("expected" | "free" | "pooled"): "| ||f_v - g_n||^2 - ||f_t - g_n||^2 |"
-  for token sets. expected: the mean energy under p^(n) (sum_j p_j E_j, consistent with the
-  attraction term); free: the free energy -T log mean_j exp(-E_j/T) (the summary's highlights call
-  it a "free energy difference"; the mean instead of the sum keeps 1369 visual tokens comparable
-  with 2 text tokens); pooled: the literal formula on the mean token.
+* `equilibrium_energy` ("free" | "expected" | "pooled"): "| ||f_v - g_n||^2 - ||f_t - g_n||^2 |"
+  for token sets. The summary's Highlights name the term: "2-Wasserstein distance for shape
+  alignment, free energy difference for balancing". free: the free energy of the modality's
+  tokens in the well of g_n, F = -T log mean_j exp(-E_j/T) (T = `energy_temperature`; the mean
+  instead of the sum drops the constant T log(count), which would otherwise make 1369 visual
+  tokens and 2 text tokens differ by T log(1369/2) whatever the features); expected: the mean
+  energy under p^(n), sum_j p_j E_j (the internal energy U = F + T * entropy term); pooled: the
+  literal formula on the mean token.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from zsad_jax.ops import l2_normalize
 
 RESPONSIBILITY_MODES = ("token_mean", "pooled")
 W2_MODES = ("feature", "energy", "gaussian")
-EQUILIBRIUM_MODES = ("expected", "free", "pooled")
+EQUILIBRIUM_MODES = ("free", "expected", "pooled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +81,7 @@ class GPROptions(Section):
     energy_temperature: float = 1.0    # p^(n) = Softmax(-||f - g_n||^2 / T)
     w2: Literal[W2_MODES] = "feature"  # what the 2-Wasserstein distance compares
     w2_squared: bool = False           # W2^2 instead of W2
-    equilibrium_energy: Literal[EQUILIBRIUM_MODES] = "expected"
+    equilibrium_energy: Literal[EQUILIBRIUM_MODES] = "free"   # the energy of a token set
 
     def check(self, where):
         self.require(where, "tau", self.tau > 0, "must be > 0")

@@ -7,9 +7,10 @@ Physics-Inspired Semantic Gravitons for Zero-Shot Anomaly Detection", CVPR 2026)
     F_1..F_K -> hierarchical decoding -> X;  w_n = MLP(g_n), mask = sigmoid(mean_n w_n X^T)
     L_total = L_seg (focal + dice) + L_cls (BCE) + lambda_grav L_grav (gpr.py)
 
-Parameters: {"backbones": {"clip": frozen CLIP}, "head": SGNetHead + "prompts": ContextPrompts};
-trainable: `head/`. The vision features are frozen (`frozen_features`), so the feature cache
-works (it holds the tapped layers and the pooled embedding; GPR's joint-space patch tokens are
+Parameters: {"backbones": {"clip": frozen CLIP}, "head": SGNetHead + "prompts": ContextPrompts}
+(the "clip" baseline has no SGNetHead parameters); trainable: `head/`. The vision features are
+frozen (`frozen_features`), so the feature cache works (it holds the tapped layers and the pooled
+embedding; joint-space patch tokens, for GPR's "clip" reading and the "clip" baseline, are
 recomputed from the taps by CLIP's ln_post + proj); the text tower runs inside the loss (the
 prompt context is learned through it; its weights get no gradient).
 
@@ -22,16 +23,29 @@ the alternatives; the GIN's are in modules.py and GPR's in gpr.py):
   "[V_1..V_m] object." / "[W_1..W_m] damaged object." with m = `model.prompt_length` learnable
   vectors; "templates" = a fixed ensemble (`model.templates` x `model.normal_states` /
   `model.abnormal_states`, embeddings averaged per class).
-* which CLIP layer feeds which stage (not stated): stage i reads the i-th tapped layer
-  (`backbones.clip.layers` = 6, 12, 18, 24 for K = 4; `model.visual_input`).
+* "encodes the image into multi-layer features F_0": all tapped layers (`backbones.clip.layers` =
+  6, 12, 18, 24) are fused into F_0, the input of stage 1 (`model.visual_input="fused"`; or
+  "per_stage": tapped layer i is added to stage i's input). Details in modules.py.
 * the channel sizes C_v^i (not stated): `model.visual_dims` (K + 1 sizes; empty = C_l everywhere).
-* what f_v and f_t are in GPR (not stated): f_t = L (the two prompt embeddings); f_v of stage i
-  (`gpr.visual_tokens`): "clip" = the patch tokens of the stage's tapped layer mapped into the
-  joint space by CLIP's own ln_post + proj (where L and the gravitons live, as AnomalyCLIP compares
-  patches with prompts), or "stage" = the stage's updated visual tokens mapped by the stage's
-  Proj of "G_i = Norm(G^cross_i + Proj(G^V_i))". "GPR constrains the evolution of this field" and
-  the figure's "Feedback G_i to next stage": GPR applies to every stage's G_i and is averaged over
-  stages (`gpr.stages="all"`, or "last").
+* what f_v and f_t are in GPR (not stated): f_t = L (the two prompt embeddings). f_v: GPR is
+  "pulling the two modalities to stable localized semantic equilibrium points" and "prevents a
+  single modality from dominating", so both token sets must be movable by the loss; frozen CLIP
+  tokens are not. Default `gpr.visual_tokens="stage"`: stage i's updated visual tokens F_i mapped
+  into graviton space by the stage's Proj of "G_i = Norm(G^cross_i + Proj(G^V_i))" (trainable: the
+  GIN's patch update and the input projections get L_grav's gradient through f_v). "clip": the
+  patch tokens of the stage's tapped layer through CLIP's own ln_post + proj (the joint space
+  where AnomalyCLIP compares patches with prompts; frozen, so only the gravitons and the prompts
+  move). "GPR constrains the evolution of this field" and the figure's "Feedback G_i to next
+  stage": GPR applies to every stage's G_i and is averaged over stages (`gpr.stages="all"`, or
+  "last").
+* "Baseline only (w/o GIN/GPR)" (ablation table; `model.gin=False`): the CLIP-based baseline the
+  table starts from (MVTec-AD 91.1 image / 91.8 pixel AUROC, next to AnomalyCLIP's 91.5 image in
+  the main table): no gravitons; patch tokens are scored
+  against L by the two-class softmax of cosines / `model.text_tau` (AnomalyCLIP: 0.07),
+  `modules.text_patch_logits`. `model.baseline_tokens="clip"`: every tapped layer through CLIP's
+  ln_post + proj, logits averaged over layers (only the prompt context trains);
+  "decoded": X of the GIN rows' own input projections and decoder (so that "+ GIN" adds exactly
+  the gravitons and GIN stages). GPR needs gravitons: it is refused without the GIN.
 * "an image-level anomaly score S" (how it is formed is open): `model.image_score` = "max" (the
   largest patch logit of the graviton-guided map; L_cls is BCE on it), "topk_mean" (mean of the
   top `model.topk_fraction` patch logits) or "text" (CLIP's pooled image embedding against L:
@@ -54,7 +68,7 @@ from zsad_jax.losses import bce_with_logits, dice_loss, focal_loss
 from zsad_jax.methods.base import FrozenFeaturesMethod
 from zsad_jax.methods.sgnet import gpr as gpr_lib
 from zsad_jax.methods.sgnet.config import GPR, Loss, Model
-from zsad_jax.methods.sgnet.modules import ContextPrompts, SGNetHead
+from zsad_jax.methods.sgnet.modules import ContextPrompts, SGNetHead, text_patch_logits
 
 VIEW = "clip"
 
@@ -76,9 +90,13 @@ class SGNet(FrozenFeaturesMethod):
             raise ConfigError(f"config.model.visual_input='per_stage' feeds tapped layer i to GIN "
                               f"stage i: config.backbones.{VIEW}.layers={layers} gives "
                               f"{len(layers)} tapped layers for config.model.num_stages={m.num_stages}")
-        if g.active and g.visual_tokens == "stage" and not m.gin:
-            raise ConfigError("config.gpr.visual_tokens='stage' needs the GIN (config.model.gin=True): "
-                              "without it there is no stage projection into graviton space; use 'clip'")
+        if g.active and not m.gin:
+            raise ConfigError("config.gpr (attraction/equilibrium) regularizes the gravitons: the "
+                              "baseline config.model.gin=False has none; set config.gpr.attraction="
+                              "False and config.gpr.equilibrium=False (or config.gpr.lambda_grav=0)")
+        if not m.gin and m.baseline_tokens == "clip" and m.prompts != "learned":
+            raise ConfigError("config.model.baseline_tokens='clip' trains only the prompt context: "
+                              "it needs config.model.prompts='learned' (or baseline_tokens='decoded')")
 
     def __init__(self, config):
         super().__init__(config)
@@ -95,15 +113,18 @@ class SGNet(FrozenFeaturesMethod):
         self.head = SGNetHead(
             num_gravitons=m.num_gravitons, num_stages=k, embed_dim=c_l,
             visual_dims=tuple(m.visual_dims) or (c_l,) * (k + 1), decoder_dim=m.decoder_dim or c_l,
-            grid=self.clip.grid, gin=m.gin, visual_input=m.visual_input,
-            gate_reduction=m.gate_reduction, spatial_conv=m.spatial_conv, decoder=m.decoder,
+            grid=self.clip.grid, num_taps=len(self.clip.layers), gin=m.gin,
+            visual_input=m.visual_input, gate_reduction=m.gate_reduction,
+            spatial_conv=m.spatial_conv, decoder=m.decoder,
             stage_tokens=self.gpr_cfg.active and self.gpr_cfg.visual_tokens == "stage",
-            dtype=self.dtype)
+            text_tau=m.text_tau, dtype=self.dtype)
+        # The "clip" baseline scores CLIP's own joint-space tokens: no SGNetHead at all.
+        self.uses_head = m.gin or m.baseline_tokens == "decoded"
         self.prompt_learner = ContextPrompts(length=m.prompt_length)
 
     # ---- parameters ------------------------------------------------------------------------
     def init_head(self, rng, towers):
-        """SGNetHead's parameters, plus "prompts" with learned prompts."""
+        """SGNetHead's parameters (unless the "clip" baseline), plus "prompts" with learned prompts."""
         rng_head, rng_prompt = jax.random.split(rng)
         return jax.jit(self._init_trainable)(rng_head, rng_prompt, towers)
 
@@ -114,7 +135,7 @@ class SGNet(FrozenFeaturesMethod):
             jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
         taps = tuple(jnp.zeros(t.shape, t.dtype) for t in features["taps"])
         text = jnp.zeros((2, self.clip.arch.embed_dim), jnp.float32)
-        out = dict(self.head.init(rng_head, taps, text)["params"])
+        out = dict(self.head.init(rng_head, taps, text)["params"]) if self.uses_head else {}
         if self.model_cfg.prompts == "learned":
             ids, _ = self._prompt_tokens()
             out["prompts"] = self.prompt_learner.init(
@@ -123,7 +144,7 @@ class SGNet(FrozenFeaturesMethod):
         return out
 
     @staticmethod
-    def _gin_params(head):
+    def _head_params(head):
         return {k: v for k, v in head.items() if k != "prompts"}
 
     # ---- frozen part -----------------------------------------------------------------------
@@ -180,9 +201,16 @@ class SGNet(FrozenFeaturesMethod):
 
     # ---- trainable part --------------------------------------------------------------------
     def _forward(self, params, features):
+        """(patch logits (B, P), L (2, C_l), [G_i (B, N, C_l)], [stage tokens (B, P, C_l) or None])."""
         text = self.text_features(params)
+        if not self.uses_head:
+            # Baseline w/o GIN/GPR, AnomalyCLIP-style: every tapped layer in CLIP's joint space
+            # against L, logits averaged over the layers.
+            per_layer = [text_patch_logits(self.clip_tokens(params, tap), text, self.model_cfg.text_tau)
+                         for tap in features["taps"]]
+            return sum(per_layer) / len(per_layer), text, [], []
         logits, stage_gravitons, stage_tokens = self.head.apply(
-            {"params": self._gin_params(params["head"])}, features["taps"], text)
+            {"params": self._head_params(params["head"])}, features["taps"], text)
         return logits.astype(jnp.float32), text, stage_gravitons, stage_tokens
 
     def _image_logit(self, params, patch_logits, features, text):
@@ -192,10 +220,9 @@ class SGNet(FrozenFeaturesMethod):
         if m.image_score == "topk_mean":
             k = max(1, round(m.topk_fraction * patch_logits.shape[-1]))
             return jax.lax.top_k(patch_logits, k)[0].mean(axis=-1)
-        image = ops.l2_normalize(features["pooled"].astype(jnp.float32))
-        cos = image @ text.T                                                       # (B, 2)
+        # CLIP's pooled image embedding against L at CLIP's own temperature 1 / exp(logit_scale).
         scale = jnp.exp(jax.lax.stop_gradient(params["backbones"][VIEW]["logit_scale"]))
-        return scale * (cos[:, 1] - cos[:, 0])
+        return text_patch_logits(features["pooled"][:, None], text, 1.0 / scale)[:, 0]
 
     def _mask_logits(self, patch_logits):
         b = patch_logits.shape[0]

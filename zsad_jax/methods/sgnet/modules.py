@@ -21,16 +21,23 @@ alternatives):
   Unflatten to (h, w, C) and a depthwise 3x3 convolution mixes neighbours (`model.spatial_conv`),
   and a LayerNorm + Dense maps to C_v^i.
 * "G_i = Norm(G^cross_i + Proj(G^V_i))": Proj is Dense(C_v -> C_l), Norm = LayerNorm.
-* "multi-layer features F_0" and "fused visual features F_{i-1} from the previous stage": with
-  `model.visual_input="per_stage"` stage i sees F_{i-1} fused (added) with the i-th tapped CLIP
-  layer (F_0 = the first tapped layer projected to C_v^0), so K stages use K tapped layers;
-  `"fused"`: F_0 = Dense(concat of all tapped layers) and no later injection.
+* "the CLIP vision encoder encodes the image into multi-layer features F_0 in R^{C_v^0 x H_0 x W_0}"
+  and "fused visual features F_{i-1} from the previous stage": F_0 is ONE map built from several
+  layers, and every later stage reads the previous stage's output. `model.visual_input="fused"`
+  (default): F_0 = Dense(concat_l LayerNorm_l(tap_l)) over all tapped layers (each layer
+  normalized on its own, so that no layer's scale dominates), no later injection. `"per_stage"`:
+  stage i sees F_{i-1} plus the projected i-th tapped layer (K stages use K tapped layers).
 * "hierarchical decoding produces feature map X": the ViT stages share one grid, so decoding is a
   top-down sum X_K = D_K(F_K), X_i = D_i(F_i) + X_{i+1}, X = LayerNorm(X_1) (`decoder="sum"`), or
   one Dense over the concatenated stages (`decoder="concat"`); X has `decoder_dim` channels.
 * "w_n = MLP(g_n) ... M_n = w_n X^T ... M = 1/N sum_n M_n followed by a sigmoid": MLP is
   Dense(C_l) -> GELU -> Dense(C_x); the mask logits are the mean over gravitons, at the patch grid
   (upsampled bilinearly to the mask size by the method).
+* "Baseline only (w/o GIN/GPR)" (ablation table): no gravitons; patches are scored against the
+  text poles as the CLIP-based baselines do (AnomalyCLIP): `text_patch_logits`, the two-class
+  softmax of cosines / tau. Which patch tokens (`model.baseline_tokens`): "clip" = each tapped
+  layer through CLIP's frozen ln_post + proj (the method computes them; this head is not used),
+  "decoded" = X of the same trainable input projections and decoder as the GIN rows (here).
 """
 
 from __future__ import annotations
@@ -41,7 +48,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zsad_jax import ops
+
 Dtype = Any
+
+
+def text_patch_logits(tokens: jax.Array, text: jax.Array, tau: float) -> jax.Array:
+    """Anomaly logits of tokens against the text poles: tokens (B, P, C), L (2, C) -> (B, P).
+
+    (cos(x, L_abn) - cos(x, L_nor)) / tau, i.e. sigmoid of it = Softmax([cos_nor, cos_abn] / tau)_abn,
+    AnomalyCLIP's patch-prompt probability (tau = 0.07 there). L is [L_nor, L_abn].
+    """
+    cos = jnp.einsum("bpc,tc->bpt", ops.l2_normalize(tokens.astype(jnp.float32)),
+                     ops.l2_normalize(text.astype(jnp.float32)))
+    return (cos[..., 1] - cos[..., 0]) / tau
 
 
 class TextGravitonAttention(nn.Module):
@@ -171,9 +191,13 @@ class GravitonGuidedHead(nn.Module):
 class SGNetHead(nn.Module):
     """Everything trainable after the frozen CLIP towers (the prompt context excluded).
 
-    taps: tuple of (B, P, D) patch tokens of the tapped CLIP layers; text: L (T, C_l).
+    taps: tuple of `num_taps` (B, P, D) patch tokens of the tapped CLIP layers; text: L (2, C_l).
     Returns (patch mask logits (B, P), [G_i (B, N, C_l) for i = 1..K], [stage visual tokens in
     graviton space (B, P, C_l), or None unless `stage_tokens`]).
+
+    `gin=False` is the ablation baseline with `model.baseline_tokens="decoded"`: the same input
+    projections and decoder, each stage a plain Dense, no gravitons; the logits are
+    `text_patch_logits(X, L, text_tau)` and both lists are empty.
     """
 
     num_gravitons: int
@@ -182,59 +206,71 @@ class SGNetHead(nn.Module):
     visual_dims: tuple[int, ...]        # C_v^0 .. C_v^K (K + 1 entries)
     decoder_dim: int
     grid: tuple[int, int]
+    num_taps: int                       # tapped CLIP layers (= num_stages with "per_stage")
     gin: bool = True
-    visual_input: str = "per_stage"
+    visual_input: str = "fused"
     gate_reduction: int = 4
     spatial_conv: bool = True
     decoder: str = "sum"
     stage_tokens: bool = False          # return the stage tokens in graviton space (GPR "stage")
+    text_tau: float = 0.07              # temperature of the baseline's text scoring
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        # SGNet G_0 in R^{N x C_l}: learnable semantic gravitons.
-        self.gravitons = self.param("gravitons", nn.initializers.normal(1.0),
-                                    (self.num_gravitons, self.embed_dim), jnp.float32)
-        n_inputs = self.num_stages if self.visual_input == "per_stage" else 1
-        self.input_norms = [nn.LayerNorm(dtype=self.dtype, name=f"input_norm_{i}") for i in range(n_inputs)]
-        # Stage i (0-based) consumes C_v^i channels: tapped layer i is projected to that size.
+        if self.gin:
+            # SGNet G_0 in R^{N x C_l}: learnable semantic gravitons.
+            self.gravitons = self.param("gravitons", nn.initializers.normal(1.0),
+                                        (self.num_gravitons, self.embed_dim), jnp.float32)
+        # One LayerNorm per tapped layer; "per_stage": one projection per stage (to C_v^i);
+        # "fused": one projection of the concatenated layers to C_v^0 (F_0).
+        self.input_norms = [nn.LayerNorm(dtype=self.dtype, name=f"input_norm_{i}")
+                            for i in range(self.num_taps)]
+        n_projs = self.num_stages if self.visual_input == "per_stage" else 1
         self.input_projs = [nn.Dense(self.visual_dims[i], dtype=self.dtype, name=f"input_proj_{i}")
-                            for i in range(n_inputs)]
-        self.stages = [GINStage(self.visual_dims[i + 1], self.grid, self.gate_reduction,
-                                self.spatial_conv, self.stage_tokens, self.dtype, name=f"stage_{i}")
-                       for i in range(self.num_stages)]
-        # Without GIN (the ablation baseline) stage features are the projected inputs, mapped by
-        # a Dense to C_v^{i+1}; with GIN these are unused.
-        self.plain = [nn.Dense(self.visual_dims[i + 1], dtype=self.dtype, name=f"plain_{i}")
-                      for i in range(self.num_stages)] if not self.gin else []
+                            for i in range(n_projs)]
+        if self.gin:
+            self.stages = [GINStage(self.visual_dims[i + 1], self.grid, self.gate_reduction,
+                                    self.spatial_conv, self.stage_tokens, self.dtype, name=f"stage_{i}")
+                           for i in range(self.num_stages)]
+            self.predict = GravitonGuidedHead(self.dtype, name="prediction")
+        else:
+            # The baseline: stage i is a plain Dense to C_v^{i+1} (no graviton interaction).
+            self.plain = [nn.Dense(self.visual_dims[i + 1], dtype=self.dtype, name=f"plain_{i}")
+                          for i in range(self.num_stages)]
         self.decode = HierarchicalDecoder(self.decoder_dim, self.decoder, self.dtype, name="decoder")
-        self.predict = GravitonGuidedHead(self.dtype, name="prediction")
 
     def _stage_input(self, taps, i, previous):
         if self.visual_input == "fused":
             if i > 0:
                 return previous
-            return self.input_projs[0](self.input_norms[0](jnp.concatenate(taps, axis=-1)))
+            normed = [norm(t) for norm, t in zip(self.input_norms, taps, strict=True)]
+            return self.input_projs[0](jnp.concatenate(normed, axis=-1))                   # F_0
         injected = self.input_projs[i](self.input_norms[i](taps[i]))
         return injected if previous is None else previous + injected
 
     def __call__(self, taps, text):
         taps = tuple(t.astype(self.dtype) for t in taps)
+        if len(taps) != self.num_taps:
+            raise ValueError(f"SGNetHead: {len(taps)} tapped layers, expected {self.num_taps}")
         b = taps[0].shape[0]
-        g = jnp.broadcast_to(self.gravitons.astype(self.dtype), (b, *self.gravitons.shape))
-        text = text.astype(self.dtype)[None] if text.ndim == 2 else text.astype(self.dtype)
+        text = text.astype(self.dtype)
+        g = None
+        if self.gin:
+            g = jnp.broadcast_to(self.gravitons.astype(self.dtype), (b, *self.gravitons.shape))
         stage_gravitons, stage_features, stage_tokens, visual = [], [], [], None
         for i in range(self.num_stages):
             visual = self._stage_input(taps, i, visual)
             if self.gin:
-                g, visual, tokens = self.stages[i](g, text, visual)
+                g, visual, tokens = self.stages[i](g, text[None], visual)
+                stage_gravitons.append(g)
+                stage_tokens.append(tokens)
             else:
-                visual, tokens = self.plain[i](visual), None
-            stage_gravitons.append(g)
+                visual = self.plain[i](visual)
             stage_features.append(visual)
-            stage_tokens.append(tokens)
         x = self.decode(stage_features)
-        logits = self.predict(g, x)
-        return logits, stage_gravitons, stage_tokens
+        if not self.gin:
+            return text_patch_logits(x, text, self.text_tau), [], []
+        return self.predict(g, x), stage_gravitons, stage_tokens
 
 
 class ContextPrompts(nn.Module):
