@@ -1,5 +1,6 @@
-"""The towers' attention ("probs": a hand-written backward keeping only the probabilities) equals
-jax's XLA reference in values and gradients, causal or not, in fp32 and bf16."""
+"""The towers' attention ("recompute": a hand-written backward that recomputes the probabilities
+from the log-sum-exp; "probs": one that keeps them) equals jax's XLA reference in values and
+gradients, causal or not, in fp32 and bf16, and keeps fewer (T, T) matrices for the backward."""
 
 import re
 
@@ -23,34 +24,37 @@ def _objective(impl, causal, weights):
     return lambda q, k, v: jnp.sum(attention(q, k, v, causal, impl).astype(jnp.float32) * weights)
 
 
+@pytest.mark.parametrize("impl", ["recompute", "probs"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
-def test_probs_attention_equals_the_reference(causal, dtype, rtol):
+def test_attention_equals_the_reference(impl, causal, dtype, rtol):
     q, k, v, weights = _inputs(dtype)
-    ours = jax.jit(lambda *a: attention(*a, causal, "probs"))(q, k, v)
+    ours = jax.jit(lambda *a: attention(*a, causal, impl))(q, k, v)
     ref = jax.jit(lambda *a: attention(*a, causal, "xla"))(q, k, v)
     assert ours.dtype == ref.dtype == dtype
     assert relative_error(ours.astype(jnp.float32), ref.astype(jnp.float32)) < rtol
-    grads = jax.jit(jax.grad(_objective("probs", causal, weights), argnums=(0, 1, 2)))(q, k, v)
+    grads = jax.jit(jax.grad(_objective(impl, causal, weights), argnums=(0, 1, 2)))(q, k, v)
     expected = jax.jit(jax.grad(_objective("xla", causal, weights), argnums=(0, 1, 2)))(q, k, v)
     assert_trees_close(jax.tree.map(lambda x: x.astype(jnp.float32), expected),
                        jax.tree.map(lambda x: x.astype(jnp.float32), grads), rtol=rtol,
-                       what=f"gradients causal={causal} {jnp.dtype(dtype).name}")
+                       what=f"gradients {impl} causal={causal} {jnp.dtype(dtype).name}")
 
 
-def test_causal_attention_sees_no_later_token():
+@pytest.mark.parametrize("impl", ["recompute", "probs"])
+def test_causal_attention_sees_no_later_token(impl):
     q, k, v, _ = _inputs(jnp.float32, t=8)
-    out = attention(q, k, v, causal=True, implementation="probs")
+    out = attention(q, k, v, causal=True, implementation=impl)
     changed = v.at[:, 5:].set(100.0)
-    again = attention(q, k, changed, causal=True, implementation="probs")
+    again = attention(q, k, changed, causal=True, implementation=impl)
     assert relative_error(again[:, :5], out[:, :5]) < 1e-6
     assert relative_error(again[:, 5:], out[:, 5:]) > 1e-2
 
 
-def test_backward_keeps_one_probability_matrix(capsys):
-    """Residuals for the backward: q, k, v and ONE (B, N, T, T) matrix (the reference keeps two)."""
+def test_backward_keeps_fewer_probability_matrices(capsys):
+    """Residuals for the backward: "recompute" keeps no (B, N, T, T) matrix, "probs" one, the
+    reference two."""
     q, k, v, weights = _inputs(jnp.float32, t=33)
-    for impl, expected in (("probs", 1), ("xla", 2)):
+    for impl, expected in (("recompute", 0), ("probs", 1), ("xla", 2)):
         print_saved_residuals(_objective(impl, False, weights), q, k, v)
         saved = capsys.readouterr().out
         matrices = re.findall(r"\[(?:1,)?2,4,33,33\]", saved)      # (B, N, T, T) (xla: a group axis)

@@ -6,7 +6,6 @@ gradient's jaxpr (one remat per block), not on CPU memory figures.
 """
 
 import logging
-import re
 
 import jax
 import jax.numpy as jnp
@@ -67,8 +66,12 @@ def test_each_block_is_rematerialized_under_a_policy(policy, remats):
         out = model.apply({"params": p}, images, layers=(2,), method="encode_image")
         return projection_objective((out.pooled, out.layers))
 
-    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
-    assert len(re.findall(r"= (?:remat\w*|checkpoint)\[", jaxpr)) == remats
+    # Block-level remats hold the block's matmuls; the per-op ones of the activation and the
+    # LayerNorms (always on, elementwise) hold none.
+    eqns = jax.make_jaxpr(jax.grad(loss))(params).jaxpr.eqns
+    block_remats = [e for e in eqns if e.primitive.name.startswith(("remat", "checkpoint"))
+                    and "dot_general" in str(e.params["jaxpr"])]
+    assert len(block_remats) == remats
 
 
 def test_memory_budget_is_positive():

@@ -7,16 +7,22 @@ Implementations (`implementation=`; None = "auto"):
 * "cudnn": the fused flash-attention kernel (`jax.nn.dot_product_attention(implementation=
   "cudnn")`): no (T, T) matrix is stored. "auto" takes it on a GPU for bf16 / fp16 inputs with a
   head size the kernel supports (a multiple of 8, at most 128).
-* "probs": plain XLA (einsums with the heads in front, softmax in fp32) with a hand-written
-  backward that keeps only the softmax probabilities (B, N, T, T) and q, k, v. `jax.grad` of the
-  reference keeps both `exp(s - max)` and the probabilities, twice the memory, and its forward
-  contracts with the heads in the middle; on a CPU the forward is about 2x faster and the forward
-  + backward about 1.2x (ViT-L at 518: T = 1370, 16 heads; docs/benchmarks.md). "auto" takes it
-  everywhere cuDNN is not used.
-* "xla": `jax.nn.dot_product_attention`'s XLA reference, for comparison.
+* "recompute": plain XLA (einsums with the heads in front, logits and softmax in fp32) with a
+  hand-written backward that keeps q, k, v, the output and each row's log-sum-exp, and recomputes
+  the probabilities exp(q k^T / sqrt(hd) - lse) (FlashAttention's backward, unblocked): no (T, T)
+  matrix is kept between the forward and the backward pass. "auto" takes it everywhere cuDNN is
+  not used.
+* "probs": the same forward; the backward keeps the probabilities (B, N, T, T) instead of
+  recomputing them.
+* "xla": `jax.nn.dot_product_attention`'s XLA reference: its `jax.grad` keeps both `exp(s - max)`
+  and the probabilities, and its forward contracts with the heads in the middle.
 
-All three compute the same function; tests/test_attention.py checks values and gradients of
-"probs" against "xla" (causal too, fp32 and bf16).
+On a CPU (ViT-L at 518: T = 1370, 16 heads, batch 1) "recompute" and "probs" run the forward about
+2x and the forward + backward 1.4-1.6x faster than "xla"; a VisualAD training step keeps 5.5 GiB
+of temporaries with "probs", 10.9 GiB with "xla" and less with "recompute" (docs/benchmarks.md).
+
+All compute the same function; tests/test_attention.py checks values and gradients of "recompute"
+and "probs" against "xla" (causal too, fp32 and bf16).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "probs", "xla", "cudnn")
+IMPLEMENTATIONS = ("auto", "probs", "recompute", "xla", "cudnn")
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool = False,
@@ -36,11 +42,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool = False,
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {impl!r}: expected one of {IMPLEMENTATIONS}")
     if impl == "auto":
-        impl = "cudnn" if _cudnn_applies(q) else "probs"
+        impl = "cudnn" if _cudnn_applies(q) else "recompute"
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
     if impl == "xla":
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+    if impl == "recompute":
+        return _recompute_attention(q, k, v, causal)
     return _probs_attention(q, k, v, causal)
 
 
@@ -55,18 +63,23 @@ def _probs_attention(q, k, v, causal):
     return _forward(q, k, v, causal)[0]
 
 
-def _forward(q, k, v, causal):
-    """The output and the residuals of the backward: q, k, v with the heads in front (B, N, T,
-    hd) and the probabilities (B, N, T, S) in the input dtype."""
-    qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
-    # Logits and softmax in fp32 whatever the input dtype (as jax's reference does).
+def _logits(qh, kh, causal):
+    """(B, N, T, S) fp32 logits q k^T / sqrt(hd) (masked above the diagonal when causal) from q, k
+    with the heads in front; fp32 whatever the input dtype (as jax's reference does)."""
     logits = jnp.einsum("bntd,bnsd->bnts", qh, kh, preferred_element_type=jnp.float32)
-    logits = logits * jnp.float32(q.shape[-1] ** -0.5)
+    logits = logits * jnp.float32(qh.shape[-1] ** -0.5)
     if causal:
         t, s = logits.shape[-2:]
         keep = jnp.tril(jnp.ones((t, s), bool), s - t)
         logits = jnp.where(keep, logits, jnp.finfo(logits.dtype).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return logits
+
+
+def _forward(q, k, v, causal):
+    """The output and the residuals of the backward: q, k, v with the heads in front (B, N, T,
+    hd) and the probabilities (B, N, T, S) in the input dtype."""
+    qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+    probs = jax.nn.softmax(_logits(qh, kh, causal), axis=-1).astype(v.dtype)
     out = jnp.einsum("bnts,bnsd->bntd", probs, vh)
     return jnp.swapaxes(out, 1, 2), (qh, kh, vh, probs)
 
@@ -89,3 +102,43 @@ def _backward(causal, residuals, grad_out):
 
 
 _probs_attention.defvjp(lambda q, k, v, causal: _forward(q, k, v, causal), _backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _recompute_attention(q, k, v, causal):
+    return _recompute_forward(q, k, v, causal)[0]
+
+
+def _recompute_forward(q, k, v, causal):
+    """The output and the residuals of the backward: q, k, v, the output (heads in front) and the
+    log-sum-exp of each logit row (B, N, T) in fp32: no (T, S) matrix is kept."""
+    qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+    logits = _logits(qh, kh, causal)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    probs = jnp.exp(logits - lse[..., None]).astype(v.dtype)
+    out = jnp.einsum("bnts,bnsd->bntd", probs, vh)
+    return jnp.swapaxes(out, 1, 2), (qh, kh, vh, out, lse)
+
+
+def _recompute_backward(causal, residuals, grad_out):
+    """As `_backward`, with P recomputed as exp(q k^T / sqrt(hd) - lse) (FlashAttention's
+    backward, unblocked) and rowsum(dP * P) = rowsum(dO * O)."""
+    # The barrier ties the recomputation to the incoming gradient: without it XLA merges it with
+    # the forward's identical logits (CSE) or schedules it early, and keeps every layer's (T, S)
+    # matrix alive until the backward pass, which is what "recompute" exists to avoid.
+    residuals, grad_out = jax.lax.optimization_barrier((residuals, grad_out))
+    qh, kh, vh, out, lse = residuals
+    scale = qh.shape[-1] ** -0.5
+    g = jnp.swapaxes(grad_out, 1, 2)
+    p = jnp.exp(_logits(qh, kh, causal) - lse[..., None])
+    dv = jnp.einsum("bnts,bntd->bnsd", p.astype(vh.dtype), g)
+    dp = jnp.einsum("bntd,bnsd->bnts", g, vh, preferred_element_type=jnp.float32)
+    rows = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    ds = (p * (dp - rows) * scale).astype(qh.dtype)
+    dq = jnp.einsum("bnts,bnsd->bntd", ds, kh)
+    dk = jnp.einsum("bnts,bntd->bnsd", ds, qh)
+    return tuple(jnp.swapaxes(x, 1, 2) for x in (dq, dk, dv))
+
+
+_recompute_attention.defvjp(lambda q, k, v, causal: _recompute_forward(q, k, v, causal),
+                            _recompute_backward)

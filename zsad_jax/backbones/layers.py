@@ -23,13 +23,23 @@ Dtype = Any
 
 
 def activation(name: str):
+    """The MLP's activation, recomputed in the backward pass (`jax.checkpoint`): its gradient keeps
+    only the input (the hidden layer's pre-activation), not the sigmoid / erf intermediates."""
     if name == "quick_gelu":
-        return lambda x: x * jax.nn.sigmoid(1.702 * x)      # OpenAI CLIP QuickGELU
-    if name == "gelu":
-        return lambda x: jax.nn.gelu(x, approximate=False)  # torch nn.GELU() (erf)
-    if name == "silu":
-        return jax.nn.silu
-    raise ValueError(f"unknown activation {name!r}")
+        fn = lambda x: x * jax.nn.sigmoid(1.702 * x)        # noqa: E731  OpenAI CLIP QuickGELU
+    elif name == "gelu":
+        fn = lambda x: jax.nn.gelu(x, approximate=False)    # noqa: E731  torch nn.GELU() (erf)
+    elif name == "silu":
+        fn = jax.nn.silu
+    else:
+        raise ValueError(f"unknown activation {name!r}")
+    return jax.checkpoint(fn)
+
+
+# LayerNorm recomputed in the backward pass: its gradient keeps only its input (already kept: the
+# residual stream), not the centred input and the inverse deviation. The parameter paths are
+# nn.LayerNorm's.
+LayerNorm = nn.remat(nn.LayerNorm)
 
 
 class Attention(nn.Module):
@@ -117,14 +127,14 @@ class Block(nn.Module):
     def __call__(self, x, rope=None, vv_stream=None):
         """x: (B, T, D). With `vv_stream`, also returns vv_stream + V-V attention (DPAM)."""
         ln = dict(epsilon=self.eps, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.LayerNorm(name="ln1", **ln)(x)
+        h = LayerNorm(name="ln1", **ln)(x)
         a, vv = Attention(self.width, self.heads, self.query_bias, self.key_bias, self.value_bias,
                           self.proj_bias, self.causal, self.dtype, self.param_dtype,
                           name="attn")(h, rope, vv_stream is not None)
         if self.layerscale:
             a = a * self.param("ls1", nn.initializers.ones, (self.width,), self.param_dtype)
         x = x + a
-        h = nn.LayerNorm(name="ln2", **ln)(x)
+        h = LayerNorm(name="ln2", **ln)(x)
         m = Mlp(self.width, self.mlp_dim, self.act, self.gated_mlp, self.mlp_bias, self.dtype,
                 self.param_dtype, name="mlp")(h)
         if self.layerscale:
