@@ -5,9 +5,10 @@
 
 Compiles the gradient of the VisualAD loss with respect to the trainable head (tokens, SCA, SAF),
 the frozen tower passed as a constant argument, for abstract inputs (jax.ShapeDtypeStruct: nothing
-is allocated), and prints XLA's memory analysis (temporary buffers, arguments) for
-`config.train.remat` off and on. On a CPU host this is the CPU compiler's buffer assignment: a
-guide to the GPU numbers, not a measurement of them.
+is allocated), and prints XLA's memory analysis (temporary buffers, arguments) for each
+`config.train.remat` policy ("none", "dots", "full"). On a CPU host this is the CPU compiler's
+buffer assignment, which drops optimization barriers and with them most of what remat saves: a
+guide to the GPU numbers, not a measurement of them (docs/benchmarks.md).
 """
 
 from __future__ import annotations

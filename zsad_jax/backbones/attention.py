@@ -17,9 +17,9 @@ Implementations (`implementation=`; None = "auto"):
 * "xla": `jax.nn.dot_product_attention`'s XLA reference: its `jax.grad` keeps both `exp(s - max)`
   and the probabilities, and its forward contracts with the heads in the middle.
 
-On a CPU (ViT-L at 518: T = 1370, 16 heads, batch 1) "recompute" and "probs" run the forward about
-2x and the forward + backward 1.4-1.6x faster than "xla"; a VisualAD training step keeps 5.5 GiB
-of temporaries with "probs", 10.9 GiB with "xla" and less with "recompute" (docs/benchmarks.md).
+On a CPU (ViT-L at 518: T = 1372, 16 heads, batch 1) "recompute" runs the forward + backward
+1.6x faster than "xla" and 1.3x faster than "probs", and a VisualAD training step keeps 2.3 GiB of
+temporaries with it, against 5.5 GiB with "probs" and 10.9 GiB with "xla" (docs/benchmarks.md).
 
 All compute the same function; tests/test_attention.py checks values and gradients of "recompute"
 and "probs" against "xla" (causal too, fp32 and bf16).
@@ -63,11 +63,13 @@ def _probs_attention(q, k, v, causal):
     return _forward(q, k, v, causal)[0]
 
 
-def _logits(qh, kh, causal):
-    """(B, N, T, S) fp32 logits q k^T / sqrt(hd) (masked above the diagonal when causal) from q, k
-    with the heads in front; fp32 whatever the input dtype (as jax's reference does)."""
+def _logits(qh, kh, causal, scale=None):
+    """(B, N, T, S) fp32 logits q k^T x scale (default 1 / sqrt(hd); masked above the diagonal
+    when causal) from q, k with the heads in front; fp32 whatever the input dtype (as jax's
+    reference does)."""
     logits = jnp.einsum("bntd,bnsd->bnts", qh, kh, preferred_element_type=jnp.float32)
-    logits = logits * jnp.float32(qh.shape[-1] ** -0.5)
+    if scale != 1.0:
+        logits = logits * jnp.float32(qh.shape[-1] ** -0.5 if scale is None else scale)
     if causal:
         t, s = logits.shape[-2:]
         keep = jnp.tril(jnp.ones((t, s), bool), s - t)
@@ -123,17 +125,23 @@ def _recompute_forward(q, k, v, causal):
 def _recompute_backward(causal, residuals, grad_out):
     """As `_backward`, with P recomputed as exp(q k^T / sqrt(hd) - lse) (FlashAttention's
     backward, unblocked) and rowsum(dP * P) = rowsum(dO * O)."""
-    # The barrier ties the recomputation to the incoming gradient: without it XLA merges it with
-    # the forward's identical logits (CSE) or schedules it early, and keeps every layer's (T, S)
-    # matrix alive until the backward pass, which is what "recompute" exists to avoid.
-    residuals, grad_out = jax.lax.optimization_barrier((residuals, grad_out))
     qh, kh, vh, out, lse = residuals
     scale = qh.shape[-1] ** -0.5
     g = jnp.swapaxes(grad_out, 1, 2)
-    p = jnp.exp(_logits(qh, kh, causal) - lse[..., None])
+    rows = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    # P again, as exp((q / sqrt(hd) + 0 * rows) k^T - (lse + 0 * rows)). The "+ 0 * rows" (rows
+    # depends on the incoming gradient; XLA does not fold a float times zero) keeps XLA from
+    # computing this in the forward pass or merging it with the forward's identical expressions
+    # (CSE, which also shares the forward's (T, S) broadcast of lse): either would keep every
+    # layer's (T, S) matrix alive until the backward pass, which is what "recompute" exists to
+    # avoid. (An optimization barrier would say this directly, but XLA's CPU pipeline removes
+    # barriers before scheduling.) A NaN in the gradient makes these terms NaN: the gradient is
+    # NaN either way.
+    tie = 0.0 * rows
+    q_scaled = (qh.astype(jnp.float32) * scale + tie).astype(qh.dtype)
+    p = jnp.exp(_logits(q_scaled, kh, causal, scale=1.0) - (lse[..., None] + tie))
     dv = jnp.einsum("bnts,bntd->bnsd", p.astype(vh.dtype), g)
     dp = jnp.einsum("bntd,bnsd->bnts", g, vh, preferred_element_type=jnp.float32)
-    rows = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     ds = (p * (dp - rows) * scale).astype(qh.dtype)
     dq = jnp.einsum("bnts,bnsd->bntd", ds, kh)
     dk = jnp.einsum("bnts,bntd->bnsd", ds, qh)

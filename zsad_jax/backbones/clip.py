@@ -32,7 +32,7 @@ class ClipVision(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     pos_interpolation: str = "bicubic"
-    remat: bool = False
+    remat: bool | str = False
     vv_from_layer: int = 0
 
     def setup(self):
@@ -83,7 +83,7 @@ class ClipText(nn.Module):
     cfg: BackboneConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: bool | str = False
 
     def setup(self):
         c = self.cfg
@@ -166,7 +166,7 @@ class CLIP(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     pos_interpolation: str = "bicubic"
-    remat: bool = False
+    remat: bool | str = False
     vv_from_layer: int = 0
 
     def setup(self):

@@ -218,13 +218,14 @@ class Backbone:
 
 
 def build(arch: str | Mapping[str, Any] | BackboneConfig, *, dtype=jnp.float32,
-          param_dtype=jnp.float32, pos_interpolation: str | None = None, remat: bool = False,
+          param_dtype=jnp.float32, pos_interpolation: str | None = None, remat: bool | str = False,
           vv_from_layer: int = 0):
     """A Flax module for `arch` (name in ARCHS, dict of BackboneConfig fields, or a config).
 
     dtype: compute dtype; pos_interpolation: "bicubic" | "bilinear" | "bicubic_aa" | "bilinear_aa"
-    (default: the arch's); remat: rematerialize blocks; vv_from_layer: 1-based block from which
-    tapped layers come from the V-V attention stream (AnomalyCLIP DPAM; 0 = off).
+    (default: the arch's); remat: a policy of `layers.block_class` ("none" | "dots" | "full";
+    True = "full"); vv_from_layer: 1-based block from which tapped layers come from the V-V
+    attention stream (AnomalyCLIP DPAM; 0 = off).
     """
     from zsad_jax.backbones.config import POS_INTERPOLATIONS
 
@@ -239,7 +240,7 @@ def build(arch: str | Mapping[str, Any] | BackboneConfig, *, dtype=jnp.float32,
                                        vv_from_layer=vv_from_layer)
 
 
-def from_config(name: str, spec, *, dtype=jnp.float32, remat: bool = False, text: bool = True,
+def from_config(name: str, spec, *, dtype=jnp.float32, remat: bool | str = False, text: bool = True,
                 vv_from_layer: int = 0) -> Backbone:
     """The `Backbone` of section `config.backbones.<name>` (a `BackboneSpec` or its ConfigDict)."""
     arch = resolve_arch(spec, f"backbones.{name}")
@@ -257,7 +258,7 @@ def from_config(name: str, spec, *, dtype=jnp.float32, remat: bool = False, text
 
 
 def load_folder(folder, *, dtype=jnp.float32, param_dtype=None, pos_interpolation: str | None = None,
-                remat: bool = False, vv_from_layer: int = 0):
+                remat: bool | str = False, vv_from_layer: int = 0):
     """(module, params) from a folder written by `python -m weights_conversion`.
 
     The architecture comes from the folder's config.json; the keyword arguments override only
