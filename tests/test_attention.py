@@ -65,3 +65,31 @@ def test_unknown_implementation_is_named():
     q, k, v, _ = _inputs(jnp.float32, t=4)
     with pytest.raises(ValueError, match="'flash'"):
         attention(q, k, v, implementation="flash")
+
+
+def _stack_temp_bytes(impl, layers, t=256, heads=4, hd=16):
+    """Temporaries of the compiled gradient of `layers` residual attention layers (XLA's buffer
+    assignment of this backend)."""
+    width = heads * hd
+    weights = [jax.ShapeDtypeStruct((width, 3 * width), jnp.float32) for _ in range(layers)]
+
+    def stack(x, weights):
+        for w in weights:
+            q, k, v = jnp.split((x @ w).reshape(1, t, 3 * heads, hd), 3, axis=2)
+            x = x + attention(q, k, v, False, impl).reshape(1, t, width)
+        return jnp.sum(x * x)
+
+    compiled = jax.jit(jax.grad(stack)).lower(jax.ShapeDtypeStruct((1, t, width), jnp.float32),
+                                              weights).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_compiled_backward_keeps_no_probability_matrix_per_layer():
+    """What the compiler makes of it: each extra layer of a compiled gradient adds less than half
+    a (B, N, T, T) matrix with "recompute" (XLA may neither merge the recomputation with the
+    forward nor run it there), and at least one with "probs"."""
+    matrix = 4 * 256 * 256 * 4                                              # bytes, fp32
+    per_layer = {impl: (_stack_temp_bytes(impl, 6) - _stack_temp_bytes(impl, 2)) / 4
+                 for impl in ("recompute", "probs")}
+    assert per_layer["recompute"] < 0.5 * matrix, per_layer
+    assert per_layer["probs"] >= matrix, per_layer

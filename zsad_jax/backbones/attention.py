@@ -17,9 +17,10 @@ Implementations (`implementation=`; None = "auto"):
 * "xla": `jax.nn.dot_product_attention`'s XLA reference: its `jax.grad` keeps both `exp(s - max)`
   and the probabilities, and its forward contracts with the heads in the middle.
 
-On a CPU (ViT-L at 518: T = 1372, 16 heads, batch 1) "recompute" runs the forward + backward
-1.6x faster than "xla" and 1.3x faster than "probs", and a VisualAD training step keeps 2.3 GiB of
-temporaries with it, against 5.5 GiB with "probs" and 10.9 GiB with "xla" (docs/benchmarks.md).
+On a CPU (ViT-L at 518: T = 1372, 16 heads, batch 1) "recompute" runs the forward about 1.8x
+and the forward + backward about 1.2x faster than "xla" (and than "probs"), and a VisualAD
+training step keeps 2.3 GiB of temporaries with it, against 4.7 GiB with "probs" and 10.1 GiB with
+"xla" (docs/benchmarks.md).
 
 All compute the same function; tests/test_attention.py checks values and gradients of "recompute"
 and "probs" against "xla" (causal too, fp32 and bf16).
@@ -63,13 +64,13 @@ def _probs_attention(q, k, v, causal):
     return _forward(q, k, v, causal)[0]
 
 
-def _logits(qh, kh, causal, scale=None):
-    """(B, N, T, S) fp32 logits q k^T x scale (default 1 / sqrt(hd); masked above the diagonal
-    when causal) from q, k with the heads in front; fp32 whatever the input dtype (as jax's
-    reference does)."""
-    logits = jnp.einsum("bntd,bnsd->bnts", qh, kh, preferred_element_type=jnp.float32)
-    if scale != 1.0:
-        logits = logits * jnp.float32(qh.shape[-1] ** -0.5 if scale is None else scale)
+def _logits(qh, kh, causal):
+    """(B, N, T, S) fp32 logits (q / sqrt(hd)) k^T (masked above the diagonal when causal) from q,
+    k with the heads in front; accumulated in fp32 whatever the input dtype. q is scaled before
+    the matmul (as torch's attention does; exact for the power-of-two scales of 64- and 256-wide
+    heads), which spares a pass over the (T, S) matrix."""
+    scale = jnp.asarray(qh.shape[-1] ** -0.5, qh.dtype)
+    logits = jnp.einsum("bntd,bnsd->bnts", qh * scale, kh, preferred_element_type=jnp.float32)
     if causal:
         t, s = logits.shape[-2:]
         keep = jnp.tril(jnp.ones((t, s), bool), s - t)
@@ -129,17 +130,17 @@ def _recompute_backward(causal, residuals, grad_out):
     scale = qh.shape[-1] ** -0.5
     g = jnp.swapaxes(grad_out, 1, 2)
     rows = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
-    # P again, as exp((q / sqrt(hd) + 0 * rows) k^T - (lse + 0 * rows)). The "+ 0 * rows" (rows
-    # depends on the incoming gradient; XLA does not fold a float times zero) keeps XLA from
-    # computing this in the forward pass or merging it with the forward's identical expressions
-    # (CSE, which also shares the forward's (T, S) broadcast of lse): either would keep every
-    # layer's (T, S) matrix alive until the backward pass, which is what "recompute" exists to
-    # avoid. (An optimization barrier would say this directly, but XLA's CPU pipeline removes
-    # barriers before scheduling.) A NaN in the gradient makes these terms NaN: the gradient is
-    # NaN either way.
-    tie = 0.0 * rows
-    q_scaled = (qh.astype(jnp.float32) * scale + tie).astype(qh.dtype)
-    p = jnp.exp(_logits(q_scaled, kh, causal, scale=1.0) - (lse[..., None] + tie))
+    # P again, as exp((q + tie) / sqrt(hd) k^T - (lse + tie)) with tie = 0 * rows: rows depends
+    # on the incoming gradient and XLA does not fold a float times zero, so XLA can
+    # neither compute this in the forward pass nor merge it with the forward's identical
+    # expressions (CSE, which would also share the forward's (T, S) broadcast of lse); either
+    # would keep every layer's (T, S) matrix alive until the backward pass, which is what
+    # "recompute" exists to avoid. (An optimization barrier would say this directly, but XLA's
+    # CPU pipeline removes barriers before scheduling.) Adding zero changes no bit of q or lse,
+    # so P is the forward's to the matmul's rounding, in any dtype; a NaN in the gradient makes
+    # it NaN, as the gradient is then anyway.
+    tie = 0.0 * rows                                                  # (B, N, T, 1)
+    p = jnp.exp(_logits(qh + tie.astype(qh.dtype), kh, causal) - (lse[..., None] + tie))
     dv = jnp.einsum("bnts,bntd->bnsd", p.astype(vh.dtype), g)
     dp = jnp.einsum("bntd,bnsd->bnts", g, vh, preferred_element_type=jnp.float32)
     ds = (p * (dp - rows) * scale).astype(qh.dtype)
