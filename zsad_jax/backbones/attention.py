@@ -88,17 +88,23 @@ def _forward(q, k, v, causal):
 
 
 def _backward(causal, residuals, grad_out):
-    """dL/dq, dL/dk, dL/dv from the kept probabilities P: dV = P^T dO, dP = dO V^T,
-    dS = P * (dP - rowsum(dP * P)) (the softmax's Jacobian), dQ = dS K / sqrt(hd),
-    dK = dS^T Q / sqrt(hd). Masked entries have P = 0, so their dS is 0 too."""
+    """dL/dq, dL/dk, dL/dv from the kept probabilities (`_input_grads`)."""
     del causal
     qh, kh, vh, probs = residuals
+    return _input_grads(probs.astype(jnp.float32), jnp.swapaxes(grad_out, 1, 2), qh, kh, vh)
+
+
+def _input_grads(p, g, qh, kh, vh, rows=None):
+    """dL/dq, dL/dk, dL/dv (B, T, N, hd) from the probabilities P (B, N, T, S) in fp32 and dO = g
+    (heads in front): dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dP * P)) (the softmax's
+    Jacobian; `rows` = that row sum when the caller has it, e.g. as rowsum(dO * O)),
+    dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd). Masked entries have P = 0, so their dS is 0."""
     scale = qh.shape[-1] ** -0.5
-    g = jnp.swapaxes(grad_out, 1, 2)
-    dv = jnp.einsum("bnts,bntd->bnsd", probs, g)
+    dv = jnp.einsum("bnts,bntd->bnsd", p.astype(vh.dtype), g)
     dp = jnp.einsum("bntd,bnsd->bnts", g, vh, preferred_element_type=jnp.float32)
-    p = probs.astype(jnp.float32)
-    ds = (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) * scale).astype(qh.dtype)
+    if rows is None:
+        rows = jnp.sum(dp * p, axis=-1, keepdims=True)
+    ds = (p * (dp - rows) * scale).astype(qh.dtype)
     dq = jnp.einsum("bnts,bnsd->bntd", ds, kh)
     dk = jnp.einsum("bnts,bntd->bnsd", ds, qh)
     return tuple(jnp.swapaxes(x, 1, 2) for x in (dq, dk, dv))
@@ -127,7 +133,6 @@ def _recompute_backward(causal, residuals, grad_out):
     """As `_backward`, with P recomputed as exp(q k^T / sqrt(hd) - lse) (FlashAttention's
     backward, unblocked) and rowsum(dP * P) = rowsum(dO * O)."""
     qh, kh, vh, out, lse = residuals
-    scale = qh.shape[-1] ** -0.5
     g = jnp.swapaxes(grad_out, 1, 2)
     rows = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     # P again, as exp((q + tie) / sqrt(hd) k^T - (lse + tie)) with tie = 0 * rows: rows depends
@@ -141,12 +146,7 @@ def _recompute_backward(causal, residuals, grad_out):
     # it NaN, as the gradient is then anyway.
     tie = 0.0 * rows                                                  # (B, N, T, 1)
     p = jnp.exp(_logits(qh + tie.astype(qh.dtype), kh, causal) - (lse[..., None] + tie))
-    dv = jnp.einsum("bnts,bntd->bnsd", p.astype(vh.dtype), g)
-    dp = jnp.einsum("bntd,bnsd->bnts", g, vh, preferred_element_type=jnp.float32)
-    ds = (p * (dp - rows) * scale).astype(qh.dtype)
-    dq = jnp.einsum("bnts,bnsd->bntd", ds, kh)
-    dk = jnp.einsum("bnts,bntd->bnsd", ds, qh)
-    return tuple(jnp.swapaxes(x, 1, 2) for x in (dq, dk, dv))
+    return _input_grads(p, g, qh, kh, vh, rows)
 
 
 _recompute_attention.defvjp(lambda q, k, v, causal: _recompute_forward(q, k, v, causal),

@@ -1,7 +1,7 @@
 """Transformer building blocks shared by CLIP and DINO: attention, MLPs, pre-LN block, tapping.
 
 Attention is `attention.attention` (cuDNN's fused kernel on GPUs in bf16/fp16, elsewhere XLA
-with a backward that keeps only the probabilities). The optional V-V path (AnomalyCLIP's DPAM)
+with a backward that recomputes the probabilities). The optional V-V path (AnomalyCLIP's DPAM)
 runs `softmax(v v^T / sqrt(hd)) v` next to the normal attention with the same projections; see
 `run_blocks`.
 """
