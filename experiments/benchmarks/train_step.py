@@ -113,7 +113,7 @@ def bench_step(spec: str, config, iters: int, with_cache: bool = True,
     """
     import jax
 
-    from zsad_jax import config_lib, devices, methods
+    from zsad_jax import devices, methods
     from zsad_jax.training import memory, optimizer, state, step
 
     method = methods.build(config)
@@ -144,20 +144,12 @@ def bench_step(spec: str, config, iters: int, with_cache: bool = True,
         st = jax.jit(lambda t: state.init_state(t, tx, jax.random.PRNGKey(1), terms),
                      out_shardings=devices.replicated(mesh))(trainable)
 
-        def build(policy):
-            built = method if policy == method.remat_policy else methods.build(
-                config_lib.with_values(config, {"train.remat": policy}))
-            return built, step.make_train_step(built, layout, tx, terms, mesh, from_features,
-                                               feature_dtypes)
-
         start = time.perf_counter()
-        policy = config.train.remat
-        if policy == "auto" and not from_features:
-            _, built, fn, _ = memory.choose_remat(build, (st, frozen, device_batch))
-            policy = built.remat_policy
-        else:
-            policy = method.remat_policy
-            fn = build(policy)[1]
+        built, fn = memory.train_step_for(
+            method, config, lambda m: step.make_train_step(m, layout, tx, terms, mesh,
+                                                           from_features, feature_dtypes),
+            (st, frozen, device_batch))
+        policy = built.remat_policy
         stats = _compiled_stats(fn, st, frozen, device_batch)
         compile_s = time.perf_counter() - start
         holder = {"state": st}

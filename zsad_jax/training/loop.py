@@ -34,7 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from zsad_jax import config_lib, data, devices, methods
+from zsad_jax import data, devices, methods
 from zsad_jax.config_types import ConfigError
 from zsad_jax.training import checkpoint as checkpoint_lib
 from zsad_jax.training import feature_cache as cache_lib
@@ -205,16 +205,11 @@ def _train(method, config, workdir, train_records, eval_sets, selection, evaluat
             "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
             "process_count": process_count}
 
-    def build_step(policy):
-        built = method if policy == method.remat_policy else methods.build(
-            config_lib.with_values(config, {"train.remat": policy}))
-        return built, step_lib.make_train_step(built, layout, tx, loss_terms, mesh, from_features,
-                                               feature_dtypes=feature_dtypes)
-
-    if config.train.remat == "auto":
-        _, method, step_fn, _ = memory.choose_remat(build_step, (state, frozen, dummy))
-    else:
-        method, step_fn = build_step(config.train.remat)
+    method, step_fn = memory.train_step_for(
+        method, config, lambda m: step_lib.make_train_step(m, layout, tx, loss_terms, mesh,
+                                                           from_features,
+                                                           feature_dtypes=feature_dtypes),
+        (state, frozen, dummy))
     writer = MetricsWriter(workdir, enabled=process_index == 0, resume_step=start)
     ckpt_every = _every(int(config.train.ckpt_every), steps_per_epoch)
     eval_every = _every(int(config.train.eval_every), steps_per_epoch)

@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 
+from zsad_jax import config_lib, methods
 from zsad_jax.backbones.layers import REMAT_POLICIES
 
 log = logging.getLogger(__name__)
@@ -68,3 +69,20 @@ def choose_remat(build: Callable[[str], tuple[Any, Callable]], args: tuple,
         log.info("remat policy %r: %.2f GiB > %.2f GiB free; trying the next", policy,
                  need / GIB, budget / GIB)
     raise AssertionError("unreachable")
+
+
+def train_step_for(method, config, make_step: Callable[[Any], Callable], args: tuple
+                   ) -> tuple[Any, Callable]:
+    """(method, jitted train step) under `config.train.remat`: "auto" builds the method once per
+    policy and takes the first whose step fits (`choose_remat`, over example arguments `args`);
+    any other value uses `method` and its own policy. make_step(method) -> jitted step.
+    """
+    def build(policy):
+        built = method if policy == method.remat_policy else methods.build(
+            config_lib.with_values(config, {"train.remat": policy}))
+        return built, make_step(built)
+
+    if config.train.remat == "auto":
+        _, method, step, _ = choose_remat(build, args)
+        return method, step
+    return method, make_step(method)
