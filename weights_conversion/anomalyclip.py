@@ -34,7 +34,7 @@ import sys
 
 import numpy as np
 
-from weights_conversion.tensors import ConversionError
+from weights_conversion.tensors import ConversionError, load_release_checkpoint
 from zsad_jax.methods.anomalyclip.weights import save_prompts
 
 _CONTEXTS = {"ctx_pos": "ctx_normal", "ctx_neg": "ctx_anomalous"}
@@ -127,18 +127,8 @@ def convert_state(checkpoint, src: str = "checkpoint") -> tuple[dict, dict, dict
 def convert(src: str | pathlib.Path, dst: str | pathlib.Path) -> dict:
     """Reads `src` (torch, weights_only, map_location cpu) and writes the folder `dst`; returns
     the meta."""
-    import torch
-
-    src = pathlib.Path(src)
-    if not src.is_file():
-        raise FileNotFoundError(f"--src {src}: no such file (the release keeps its checkpoints "
-                                "under checkpoints/9_12_4_multiscale*/epoch_15.pth)")
-    if src.stat().st_size < 1024 and src.read_bytes().startswith(b"version https://git-lfs"):
-        raise ConversionError(f"--src {src} is a Git LFS pointer, not the checkpoint: run `git lfs pull`")
-    try:
-        checkpoint = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ConversionError(f"{src}: cannot read with torch.load(weights_only=True): {e}") from e
+    checkpoint = load_release_checkpoint(src, "the release keeps its checkpoints under "
+                                              "checkpoints/9_12_4_multiscale*/epoch_15.pth")
     params, buffers, meta = convert_state(checkpoint, str(src))
     save_prompts(dst, params, buffers, meta)
     return meta

@@ -18,6 +18,26 @@ class ConversionError(ValueError):
     """A source checkpoint that cannot be converted (names the key / file at fault)."""
 
 
+def load_release_checkpoint(src: str | pathlib.Path, where: str):
+    """An official release's checkpoint, `torch.load(weights_only=True)` on the CPU.
+
+    FileNotFoundError when `src` is missing (`where`: where the release keeps it); ConversionError
+    naming the file for a Git LFS pointer (the release repositories store their checkpoints with
+    LFS) or a file torch cannot read.
+    """
+    import torch
+
+    src = pathlib.Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"--src {src}: no such file ({where})")
+    if src.stat().st_size < 1024 and src.read_bytes().startswith(b"version https://git-lfs"):
+        raise ConversionError(f"--src {src} is a Git LFS pointer, not the checkpoint: run `git lfs pull`")
+    try:
+        return torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ConversionError(f"{src}: cannot read with torch.load(weights_only=True): {e}") from e
+
+
 class SourceTensors:
     """A state dict whose tensors must each be used (`take`) or explicitly ignored (`ignore`)."""
 

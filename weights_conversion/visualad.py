@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 
+from weights_conversion.tensors import ConversionError, load_release_checkpoint
 from zsad_jax.methods.visualad.weights import save_head
 from zsad_jax.tree import unflatten
 
@@ -55,10 +56,6 @@ _SAF_KEYS = {
 }
 _METADATA_KEYS = {"features_list", "image_size", "epoch", "backbone", "transform_type",
                   "cross_attn_config", "ln_post_weight", "ln_post_bias"}
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message names the key at fault."""
 
 
 def _array(value, key: str, src: str) -> np.ndarray:
@@ -179,16 +176,9 @@ def convert_state(state: dict, src: str = "checkpoint") -> tuple[dict, dict]:
 
 def convert(src: str | pathlib.Path, dst: str | pathlib.Path) -> dict:
     """Reads `src` (torch, weights_only) and writes the head folder `dst`; returns the meta."""
-    import torch
-
-    src = pathlib.Path(src)
-    if not src.is_file():
-        raise FileNotFoundError(f"--src {src}: no such file (the release keeps it under "
-                                "weight/train_on_visa/CLIP.pth or weight/train_on_mvtec/CLIP.pth; "
-                                "it is a Git LFS file: run `git lfs pull`)")
-    if src.stat().st_size < 1024 and src.read_bytes().startswith(b"version https://git-lfs"):
-        raise ConversionError(f"--src {src} is a Git LFS pointer, not the checkpoint: run `git lfs pull`")
-    state = torch.load(src, map_location="cpu", weights_only=True)
+    state = load_release_checkpoint(src, "the release keeps it under weight/train_on_visa/CLIP.pth "
+                                         "or weight/train_on_mvtec/CLIP.pth; it is a Git LFS file: "
+                                         "run `git lfs pull`")
     params, meta = convert_state(state, str(src))
     save_head(dst, params, meta)
     return meta
